@@ -34,10 +34,10 @@ def model_fingerprint(model: nn.Module) -> str:
     architecture. Buffers (rotary caches, masks) are excluded: they are derived, not learned.
     """
     h = hashlib.sha256()
+    buffers = {name for name, _ in model.named_buffers()}
     for name, p in sorted(model.state_dict(keep_vars=False).items()):
-        if name in dict(model.named_buffers()):
-            continue
-        update_with_tensor(h, name, p)
+        if name not in buffers:
+            update_with_tensor(h, name, p)
     return h.hexdigest()
 
 
