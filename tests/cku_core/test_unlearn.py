@@ -192,3 +192,13 @@ def test_progress_callback_sees_every_step(trained_llama, tokenizer, useful, for
     unlearn(trained_llama, tokenizer, forget, useful, fast_unlearn, layers=[1], on_step=seen.append)
     assert [s.step for s in seen] == [1, 2, 3, 4] and all(s.total_steps == 4 for s in seen)
     assert all(s.forget_nll > 0 for s in seen)
+
+
+@pytest.mark.parametrize("update", [{"precision": "bf16"}, {"gradient_checkpointing": True}])
+def test_bf16_autocast_and_checkpointing_keep_the_invariant(update, trained_llama, tokenizer, useful, forget, fast_unlearn):
+    """The CUDA path (bf16 autocast, checkpointing) is the same code; on CPU autocast runs in bf16 too."""
+    mask = _mask(trained_llama, tokenizer, useful)
+    dtypes = {n: p.dtype for n, p in trained_llama.named_parameters()}
+    report = unlearn(trained_llama, tokenizer, forget, useful, fast_unlearn.model_copy(update=update), mask=mask)
+    assert report.n_changed > 0 and report.n_locked > 0      # verify_invariant ran and passed
+    assert {n: p.dtype for n, p in trained_llama.named_parameters()} == dtypes   # weights never cast

@@ -1,0 +1,226 @@
+"""Unlearning-step and scoring benchmarks, measured side by side in one run (issue 7, targets 0-3).
+
+    python bench/unlearn_step.py            # SmolLM2-135M-Instruct (converted once to safetensors)
+    python bench/unlearn_step.py --tiny     # a tiny random llama, seconds, for a smoke check
+
+Time: variants run round-robin in one process (R rounds, per-step times after the first step of
+each call), so machine noise hits all of them alike; we report medians and ratios.
+Memory: each variant runs in its own subprocess and reports its peak RSS above the loaded model,
+because a process's peak cannot be reset.
+Writes bench/results/unlearn_step.json with the machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig  # noqa: E402
+from cku_core.data import Example, encode_examples, iter_batches, pad_id  # noqa: E402
+from cku_core.losses import sequence_nll, token_kl  # noqa: E402
+from cku_core.methods import build_mask  # noqa: E402
+from cku_core.scoring import score_neurons  # noqa: E402
+from cku_core.unlearn import unlearn  # noqa: E402
+
+TOKENS = 128
+BATCH = 4
+
+
+def load(tiny: bool):
+    if tiny:
+        from cku_core.tiny import tiny_model, tiny_tokenizer
+        return tiny_model("llama", num_layers=8, hidden=64, d_ff=256), tiny_tokenizer()
+    from cku_core.models import DEFAULT_MODEL, convert_gguf_to_safetensors, load_model_and_tokenizer, parse_model_spec
+    folder = REPO / "artifacts" / "bench-model" / "smollm2-135m-instruct"
+    if not folder.exists():
+        convert_gguf_to_safetensors(parse_model_spec(DEFAULT_MODEL).path, folder)
+    return load_model_and_tokenizer(str(folder))
+
+
+def toy_data(tokenizer) -> tuple[list[Example], list[Example]]:
+    """Examples padded out to ~TOKENS tokens each, so every batch is 4 x 128 tokens."""
+    filler = " ".join(["The quick brown fox jumps over the lazy dog and keeps running."] * 12)
+    forget = [Example(f"Explain harmful procedure number {i}.", f"Sure, here is how: {filler}") for i in range(16)]
+    retain = [Example(f"Explain a benign topic number {i}.", f"Of course. {filler}") for i in range(16)]
+    return forget, retain
+
+
+def variants(mask_nlr: float) -> dict[str, dict]:
+    base = dict(lr=1e-5, steps=3, batch_size=BATCH, max_length=TOKENS, require_change=False)
+    return {
+        "cku_masked": dict(cfg=UnlearnConfig(**base), mask=mask_nlr),
+        "cku_unmasked": dict(cfg=UnlearnConfig(**base), mask=None),
+        "plain_finetune_same_scope": dict(cfg=UnlearnConfig(**base, objective="ga", regularizer="retain_ce"), mask=None),
+    }
+
+
+def run_variant(name: str, model, tokenizer, forget, retain, mask, spec) -> list[float]:
+    times: list[float] = []
+    last = [0.0]
+
+    def on_step(s) -> None:
+        times.append(s.seconds - last[0])
+        last[0] = s.seconds
+    if name == "reference_loop":
+        return reference_loop(model, tokenizer, forget, retain, steps=3)
+    unlearn(model, tokenizer, forget, retain, spec["cfg"], mask=mask if spec["mask"] is not None else None,
+            on_step=on_step)
+    return times[1:]
+
+
+def reference_loop(model, tokenizer, forget, retain, steps: int) -> list[float]:
+    """GradDiff with a KL retain loss the way common unlearning frameworks write it:
+    the whole model trainable, a deep copy of the model as reference, run every step."""
+    ref = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    pad = pad_id(tokenizer)
+    fb = list(iter_batches(encode_examples(tokenizer, forget, TOKENS), BATCH, pad))
+    rb = list(iter_batches(encode_examples(tokenizer, retain, TOKENS), BATCH, pad))
+    times = []
+    for step in range(steps):
+        t0 = time.perf_counter()
+        f, r = fb[step % len(fb)], rb[step % len(rb)]
+        f_logits = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
+        loss = -sequence_nll(f_logits, f["labels"])[0].mean()
+        r_logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
+        with torch.no_grad():
+            ref_logits = ref(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
+        loss = loss + token_kl(ref_logits, r_logits, r["labels"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return times[1:]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(name: str, tiny: bool) -> None:
+    """Subprocess entry: load, note RSS, run 3 steps of one variant, print the peak above the model."""
+    torch.set_num_threads(2)
+    model, tokenizer = load(tiny)
+    forget, retain = toy_data(tokenizer)
+    mask = build_mask(model, tokenizer, retain, ScoringConfig(n_samples=8), MaskConfig(nlr=0.8))
+    import gc
+    gc.collect()
+    base = current_rss_mib()
+    run_variant(name, model, tokenizer, forget, retain, mask, variants(0.8).get(name, {"mask": None}))
+    print(json.dumps({"variant": name, "peak_above_model_mib": peak_rss_mib() - base, "model_rss_mib": base}))
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def scoring_cost(model, tokenizer, retain, rounds: int) -> dict[str, float]:
+    """grad_x_act vs one forward+backward, activation vs one forward, over the same tokens."""
+    pad = pad_id(tokenizer)
+    batches = list(iter_batches(encode_examples(tokenizer, retain[:8], TOKENS), 8, pad))
+    t: dict[str, list[float]] = {k: [] for k in ("grad_x_act", "fwd_bwd", "activation", "forward")}
+    for _ in range(rounds):
+        for key in t:
+            t0 = time.perf_counter()
+            if key in ("grad_x_act", "activation"):
+                score_neurons(model, tokenizer, retain[:8], ScoringConfig(scorer=key, n_samples=8, batch_size=8,
+                                                                         max_length=TOKENS))
+            elif key == "fwd_bwd":
+                for p in model.parameters():
+                    p.requires_grad_(True)
+                b = batches[0]
+                sequence_nll(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                             b["labels"])[0].sum().backward()
+                model.zero_grad(set_to_none=True)
+                for p in model.parameters():
+                    p.requires_grad_(False)
+            else:
+                with torch.inference_mode():
+                    b = batches[0]
+                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            t[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in t.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny random llama instead of SmolLM2 (smoke check)")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds for the timing comparison")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.tiny)
+        return
+    torch.set_num_threads(2)
+    model, tokenizer = load(args.tiny)
+    forget, retain = toy_data(tokenizer)
+    original = copy.deepcopy(model.state_dict())
+    mask = build_mask(model, tokenizer, retain, ScoringConfig(n_samples=8), MaskConfig(nlr=0.8))
+    specs = variants(0.8)
+    names = ["reference_loop", *specs]
+    step_times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            model.load_state_dict(original)
+            step_times[name] += run_variant(name, model, tokenizer, forget, retain, mask, specs.get(name, {}))
+            print(f"round {r + 1}/{args.rounds} {name}: {statistics.median(step_times[name]):.3f} s/step", flush=True)
+    model.load_state_dict(original)
+    scoring = scoring_cost(model, tokenizer, retain, rounds=max(args.rounds, 3))
+
+    memory = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--memory-child", name] + (["--tiny"] if args.tiny else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        memory[name] = json.loads(out)["peak_above_model_mib"]
+        print(f"memory {name}: {memory[name]:.0f} MiB above the loaded model", flush=True)
+
+    med = {n: statistics.median(v) for n, v in step_times.items()}
+    figures = {
+        "step_s": med,
+        "peak_mib_above_model": memory,
+        "scoring_s": scoring,
+        "ratios": {
+            "cku_vs_reference_time (target <= 0.5)": med["cku_masked"] / med["reference_loop"],
+            "cku_vs_reference_memory (target <= 0.6)": (memory["cku_masked"]) / memory["reference_loop"],
+            "masked_vs_unmasked_time (target <= 1.03)": med["cku_masked"] / med["cku_unmasked"],
+            "kl_ref_vs_plain_finetune_memory (target <= 1.15)": memory["cku_masked"] / memory["plain_finetune_same_scope"],
+            "grad_x_act_vs_fwd_bwd (target <= 1.2)": scoring["grad_x_act"] / scoring["fwd_bwd"],
+            "activation_vs_forward (target <= 1.1)": scoring["activation"] / scoring["forward"],
+        },
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "model": "tiny-llama" if args.tiny else "SmolLM2-135M-Instruct (fp32)",
+        "batch": f"{BATCH} forget + {BATCH} retain x {TOKENS} tokens",
+        "rounds": args.rounds,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ("unlearn_step_tiny.json" if args.tiny else "unlearn_step.json")).write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
