@@ -1,0 +1,13 @@
+"""Judges: refusal keywords, an LLM judge (1-5), the knowledge-level NLL judge, and the
+degenerate-output detector. Each is versioned; the version is stored with every verdict."""
+
+from cku_core.judges.base import ResponseJudge, Verdict
+from cku_core.judges.degenerate import DegenerateDetector
+from cku_core.judges.keyword import REFUSAL_PHRASES, RefusalKeywordJudge
+from cku_core.judges.knowledge import KnowledgeResult, knowledge_nll
+from cku_core.judges.llm import JUDGE_PROMPT, LLMJudge
+
+__all__ = [
+    "JUDGE_PROMPT", "REFUSAL_PHRASES", "DegenerateDetector", "KnowledgeResult", "LLMJudge",
+    "RefusalKeywordJudge", "ResponseJudge", "Verdict", "knowledge_nll",
+]

@@ -1,0 +1,48 @@
+"""`compare-baselines`: CKU beside GA, GradDiff, NPO, CKU with a random U, CKU with NLR 0 and the
+original model, on the same data and evaluation (each a `cku-pipeline` subflow sharing cached stages).
+
+Methods are compared at one learning rate here; compare them at matched forgetting (equal
+knowledge NLL) by sweeping `unlearn.lr` or `unlearn.steps` per method (see docs of the method).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
+from cku_core.eval.config import EvalConfig
+from cku_core.eval.splits import SplitConfig
+from cku_core.methods import METHODS, get_method
+from flows._runs import close_run, open_run, record_failure
+from flows.pipeline import cku_pipeline, run_config
+from tasks.params import ModelConfig, RunOptions
+
+DEFAULT_METHODS = ["original", "cku", "cku_random", "cku_nlr0", "ga", "graddiff", "npo"]
+
+
+@flow(name="compare-baselines", on_failure=[record_failure], on_crashed=[record_failure])
+def compare_baselines(
+    model: ModelConfig = ModelConfig(),
+    data: SplitConfig = SplitConfig(),
+    scoring: ScoringConfig = ScoringConfig(),
+    mask: MaskConfig = MaskConfig(),
+    unlearn: UnlearnConfig = UnlearnConfig(),
+    evaluation: EvalConfig = EvalConfig(),
+    methods: list[str] = DEFAULT_METHODS,  # noqa: B006 - Prefect parameters are copied, never mutated
+    band: list[int] | None = None,
+    options: RunOptions = RunOptions(),
+) -> dict[str, Any]:
+    """One pipeline run per method; returns each method's run id and headline metrics."""
+    for name in methods:
+        get_method(name)  # fail on a typo before any work
+    log = open_run(None, run_config(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
+                                    evaluation=evaluation, methods=methods, band=band, options=options))
+    runs = {}
+    for name in methods:
+        out = cku_pipeline(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
+                           evaluation=evaluation, method=name, band=band, options=options)
+        runs[name] = {"run_id": out["run_id"], "headline": out["headline"]}
+    close_run(log)
+    return {"run_id": log.run_id, "methods": runs, "known_methods": list(METHODS)}

@@ -1,0 +1,115 @@
+"""What every stage task shares: its cache key, its Prefect options, and its return value.
+
+A stage's cache key is sha256(stage name, stage version, canonical JSON of its parameters), where
+the parameters are input digests (artifact references without their paths) and stage configs. It
+is *not* Prefect's default policy (that includes the run id, so nothing is reused across runs) and
+not a source hash (Prefect's TASK_SOURCE sees only the decorated function, not cku_core): a change
+of behaviour is declared by bumping the stage's VERSION.
+
+The same key names the stage's artifact folder, so a Prefect cache hit is only used when the
+artifact is still on disk and verifies: otherwise the key function answers None (no cache lookup)
+and the task recomputes, then rewrites the artifact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from cku_core.fingerprint import canonical_json
+from cku_core.store import ArtifactRef, ArtifactStore, make_key
+
+# Prefect options of every cached stage: JSON results (small manifests, readable on disk), persisted
+# so that later runs and other processes can hit the cache.
+CACHED_TASK_OPTIONS: dict[str, Any] = {"persist_result": True, "result_serializer": "json", "retries": 0}
+# Tasks that use the accelerator carry this tag; `prefect concurrency-limit create gpu 1` then
+# runs one of them at a time (see prefect.yaml).
+GPU_TAG = "gpu"
+# Parameters that say where a stage runs, not what it computes: left out of cache keys, so work done
+# on a GPU worker is reused on a CPU one and vice versa.
+RUNTIME_PARAMETERS = frozenset({"device"})
+
+
+def key_view(value: Any) -> Any:
+    """The part of a parameter that identifies content: models as JSON, refs without their path."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        if {"stage", "key", "ref", "computed_seconds"} <= set(value):  # a StageOutput: its artifact only
+            return key_view(value["ref"])
+        if {"stage", "key", "content_digest"} <= set(value):
+            return {"stage": value["stage"], "key": value["key"], "content_digest": value["content_digest"]}
+        return {str(k): key_view(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [key_view(v) for v in value]
+    return value
+
+
+ExtraInputs = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def stage_key(stage: str, version: str, parameters: Mapping[str, Any], extra: ExtraInputs | None = None) -> str:
+    """The content-addressed key of a stage run with these parameters.
+
+    `extra` adds digests that are not parameters (e.g. the sha256 of the model file a spec names),
+    so a changed input file changes the key even when the spec string does not.
+    """
+    inputs = extra(parameters) if extra is not None else {}
+    relevant = {k: v for k, v in parameters.items() if k not in RUNTIME_PARAMETERS}
+    return make_key(stage, version, key_view(inputs), key_view(relevant))
+
+
+def cache_key_fn(stage: str, version: str, extra: ExtraInputs | None = None
+                 ) -> Callable[[Any, dict[str, Any]], str | None]:
+    """A Prefect `cache_key_fn` that only reports a key whose artifact is on disk and intact."""
+
+    def key_fn(_context: Any, parameters: dict[str, Any]) -> str | None:
+        key = stage_key(stage, version, parameters, extra)
+        if ArtifactStore().get(stage, key) is None:
+            return None  # no cache lookup: the task runs and (re)writes the artifact
+        return f"cku-{stage}-v{version}-{key}"
+
+    key_fn.__name__ = f"{stage}_cache_key"
+    return key_fn
+
+
+class StageOutput(BaseModel):
+    """What a stage task returns (JSON): a reference to its artifact plus small facts about it."""
+
+    stage: str
+    version: str
+    key: str
+    ref: ArtifactRef
+    computed_seconds: float
+    reused: bool = False  # the artifact was already in the store (written by an earlier or parallel run)
+    info: dict[str, Any] = {}
+
+
+def output(stage: str, artifact_ref: ArtifactRef, seconds: float, info: dict[str, Any] | None = None, *,
+           version: str, reused: bool = False) -> dict[str, Any]:
+    """The JSON-safe return value of a stage (dicts survive Prefect's JSON result serializer)."""
+    out = StageOutput(stage=stage, version=version, key=artifact_ref.key, ref=artifact_ref,
+                      computed_seconds=round(seconds, 3), reused=reused, info=info or {})
+    return _jsonable(out.model_dump(mode="json"))
+
+
+def _jsonable(value: Any) -> Any:
+    # canonical_json stringifies what JSON cannot hold, so the result is always serializable.
+    import json
+
+    return json.loads(canonical_json(value))
+
+
+class Timer:
+    """`with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

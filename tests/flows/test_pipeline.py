@@ -1,0 +1,97 @@
+"""The real pipeline, in process, on the tiny preset: every stage runs, a rerun reuses every stage,
+a corrupt artifact is quarantined and only its stage (and what depends on it) recomputes, and a
+failed run is visible as failed in the results store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cku_core.results import ResultsStore
+from cku_core.store import ArtifactStore
+from flows.presets import PRESETS
+
+pytestmark = pytest.mark.usefixtures("prefect_local")
+STAGES = ["model", "data", "reference", "examples", "scores", "mask", "checkpoint", "evaluation"]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("pipeline")
+    return base / "artifacts", base / "results"
+
+
+@pytest.fixture
+def env(roots: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[ArtifactStore, ResultsStore]:
+    """One artifact/results root shared by the tests of this module (they build on each other)."""
+    monkeypatch.setenv("CKU_ARTIFACT_ROOT", str(roots[0]))
+    monkeypatch.setenv("CKU_RESULTS_ROOT", str(roots[1]))
+    return ArtifactStore(roots[0]), ResultsStore(roots[1])
+
+
+def run_tiny(**overrides: object) -> dict:
+    from flows.pipeline import cku_pipeline
+
+    return cku_pipeline(**{**PRESETS["tiny"], **overrides})
+
+
+def test_first_run_computes_every_stage(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    store, results = env
+    out = run_tiny()
+    assert sorted(out["cached"]) == sorted(STAGES) and not any(out["cached"].values())
+    for stage in STAGES:
+        assert store.keys(stage), stage
+    runs = results.list_runs()
+    assert [r["status"] for r in runs] == ["completed"] and runs[0]["run_id"] == out["run_id"]
+    _, rows = results.query("SELECT count(*) FROM metrics WHERE run_id = ? AND metric = 'asr'", [out["run_id"]])
+    assert rows[0][0] > 0
+    _, rows = results.query("SELECT count(*), count(DISTINCT attack) FROM generations WHERE run_id = ?", [out["run_id"]])
+    assert rows[0][0] > 0 and rows[0][1] == 3
+    _, rows = results.query("SELECT count(*) FROM mask_stats WHERE run_id = ?", [out["run_id"]])
+    assert rows == [(2,)]  # layers 1 and 2 of the tiny preset
+    _, rows = results.query("SELECT DISTINCT model_digest IS NOT NULL, config_digest IS NOT NULL FROM metrics")
+    assert rows == [(True, True)]
+
+
+def test_rerun_reuses_every_stage(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    _, results = env
+    out = run_tiny()
+    assert all(out["cached"].values()), out["cached"]
+    _, rows = results.query("SELECT bool_and(cached) FROM stages WHERE run_id = ?", [out["run_id"]])
+    assert rows == [(True,)]
+    # third run: the key function now finds Prefect's result record too -> state Cached
+    out = run_tiny()
+    assert all(out["cached"].values())
+
+
+def test_corrupt_checkpoint_is_quarantined_and_recomputed(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    store, _ = env
+    [key] = store.keys("checkpoint")
+    weights = next((store.root / "checkpoint" / key / "hf").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-16])  # a truncated checkpoint must never be served
+    out = run_tiny()
+    assert out["cached"]["checkpoint"] is False
+    assert out["cached"]["scores"] is True and out["cached"]["model"] is True
+    assert len(list((store.quarantine_dir / "checkpoint").iterdir())) == 1
+    assert store.get("checkpoint", key) is not None  # recomputed under the same key
+
+
+def test_other_nlr_reuses_scores_but_not_mask(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    out = run_tiny(mask={"nlr": 0.5})
+    assert out["cached"]["scores"] is True and out["cached"]["mask"] is False
+
+
+def test_baseline_method_skips_scoring(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    out = run_tiny(method="ga")
+    assert "scores" not in out["cached"] and "mask" not in out["cached"]
+    assert out["cached"]["checkpoint"] is False
+
+
+def test_failed_run_is_recorded_as_failed(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    from flows.pipeline import cku_pipeline
+
+    state = cku_pipeline(**PRESETS["tiny"], method="no-such-method", return_state=True)
+    assert state.is_failed()
+    _, rows = env[1].query("SELECT status FROM runs WHERE status = 'failed'")
+    assert rows == [("failed",)]

@@ -1,0 +1,43 @@
+"""The Prefect UI, rendered by headless Debian chromium, shows the deployed pipeline's flow run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags from docs/notes-stack: offline, no sandbox (containers), and a virtual time budget, without
+# which the run list never renders.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=10000",
+         "--window-size=1400,1600"]
+
+
+def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    profile = tempfile.mkdtemp(prefix="cku-chromium-")
+    try:
+        return subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium "
+                                                  "(apt-get install -y chromium; CI installs it)")
+def test_ui_shows_the_flow_run(prefect_server, deployed_pipeline_run, test_artifacts_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    run = deployed_pipeline_run
+    url = f"{prefect_server.url}/runs"
+    dom = chromium("--dump-dom", url)
+    (test_artifacts_dir / "prefect-ui-runs.html").write_text(dom.stdout)
+    shot = test_artifacts_dir / "prefect-ui-runs.png"
+    shot.unlink(missing_ok=True)
+    chromium(f"--screenshot={shot}", url)
+    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
+    assert run.name in dom.stdout, f"flow run {run.name!r} not in the rendered {url} (see {test_artifacts_dir})"
+    detail = chromium("--dump-dom", f"{prefect_server.url}/runs/flow-run/{run.flow_run_id}")
+    assert run.name in detail.stdout
