@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -93,8 +94,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def server_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """The command and environment of a local, offline Prefect server (analytics off: see notes-stack)."""
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    """The command and environment of a local, offline Prefect server (analytics off: see notes-stack).
+
+    The UI learns the API address from settings, not from --port: without PREFECT_UI_API_URL it
+    would call http://127.0.0.1:4200/api whatever port the server listens on.
+    """
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port))
+    env.setdefault("PREFECT_UI_API_URL", f"http://{host}:{port}/api")
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     return cmd, env
 
@@ -165,19 +172,39 @@ def _load_flow(module: str, name: str) -> Callable[..., Any]:
         raise CKUError(f"the flow {module}:{name} is not available in this checkout") from exc
 
 
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip(" -") for line in text.strip().splitlines() if line.strip(" -"))
+
+
+def check_parameters(flow: Any, params: dict[str, Any]) -> None:
+    """Validate parameters before a run exists, so a typo is one line, not a failed run in the UI."""
+    import inspect
+
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+
+    unknown = sorted(set(params) - set(inspect.signature(flow.fn).parameters))
+    if unknown:
+        raise CKUError(f"unknown parameter(s) {', '.join(unknown)} for flow {flow.name}; "
+                       f"it takes {', '.join(inspect.signature(flow.fn).parameters)}")
+    quiet = logging.getLogger("prefect.flows")  # it logs the raw pydantic errors before raising
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        flow.validate_parameters(params)
+    except (ParameterTypeError, SignatureMismatchError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise CKUError("invalid parameters: " + _one_line("\n".join(lines[1:] or lines))) from exc
+    finally:
+        quiet.setLevel(level)
+
+
 def _run_flow(module: str, name: str, args: argparse.Namespace) -> int:
     params = load_parameters(args.config, args.set, args.preset)  # config errors first: no heavy imports
     flow = _load_flow(module, name)
-    from pydantic import ValidationError
-
-    try:
-        state = flow(**params, return_state=True)
-    except ValidationError as exc:  # bad parameter values: say which, in one line
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CKUError(f"invalid parameter {where}: {first['msg']}") from exc
+    check_parameters(flow, params)
+    state = flow(**params, return_state=True)
     if not state.is_completed():
-        raise CKUError(f"flow run ended {state.type.value.lower()}: {state.message or 'see the Prefect UI'}")
+        raise CKUError(f"flow run ended {state.type.value.lower()}: {_one_line(state.message or 'see the Prefect UI')}")
     result = state.result()
     if isinstance(result, dict) and "run_id" in result:
         print(f"run {result['run_id']} ({result.get('name')}) completed; `cku report {result['run_id'][:8]}` shows it")

@@ -30,6 +30,7 @@ from cku_core.eval.rows import MetricRow, ResponseRow
 from cku_core.eval.sources import DataRecord
 from cku_core.eval.utility import mc_accuracy, perplexity
 from cku_core.generation import GenSettings, GenerationStats, ProgressFn, generate
+from cku_core.judges.base import Verdict
 from cku_core.judges.degenerate import DegenerateDetector
 from cku_core.judges.keyword import RefusalKeywordJudge
 from cku_core.judges.knowledge import NAME as KNOWLEDGE, knowledge_nll
@@ -142,8 +143,10 @@ def _judge_rows(rows: list[ResponseRow], judges: Sequence[Any], progress: _Progr
     for judge in judges:
         # The LLM judge only reads harmful-subset rows; over-refusal needs refusal detection only.
         targets = rows if isinstance(judge, RefusalKeywordJudge) else [r for r in rows if r.subset == "harmful"]
+        for r in rows:  # every row gets every judge's columns, so the Parquet schema is the same for all
+            r.verdicts[judge.name], r.judge_versions[judge.name] = Verdict(None, None, "not_judged"), judge.version
         for r, v in zip(targets, judge.judge([r.prompt for r in targets], [r.response for r in targets])):
-            r.verdicts[judge.name], r.judge_versions[judge.name] = v, judge.version
+            r.verdicts[judge.name] = v
         progress.step(len(targets) if isinstance(judge, LLMJudge) else 0)
 
 

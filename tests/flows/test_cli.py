@@ -115,10 +115,12 @@ def test_bad_config_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err.startswith("error: config") and "must be a mapping" in err and len(err.strip().splitlines()) == 1
 
 
-def test_server_command_is_local_and_offline() -> None:
+def test_server_command_is_local_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_UI_API_URL", raising=False)
     cmd, env = server_command("127.0.0.1", 4300)
     assert cmd[1:] == ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4300"]
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
+    assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4300/api"  # the UI must call this server
 
 
 def test_help_lists_subcommands() -> None:

@@ -95,3 +95,29 @@ def test_failed_run_is_recorded_as_failed(env: tuple[ArtifactStore, ResultsStore
     assert state.is_failed()
     _, rows = env[1].query("SELECT status FROM runs WHERE status = 'failed'")
     assert rows == [("failed",)]
+
+
+def test_cli_run_with_preset_and_overrides(env: tuple[ArtifactStore, ResultsStore],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    assert main(["run", "--preset", "tiny", "--set", "mask.nlr=0.5"]) == 0
+    assert "completed; `cku report" in capsys.readouterr().out
+    _, rows = env[1].query("SELECT config->>'$.mask.nlr' FROM runs ORDER BY started_at DESC LIMIT 1")
+    assert rows == [("0.5",)]
+
+
+def test_cli_run_with_invalid_parameter_is_one_line_error(env: tuple[ArtifactStore, ResultsStore],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    assert main(["run", "--preset", "tiny", "--set", "mask.nlr=7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nlr" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_run_with_unknown_parameter(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    assert main(["run", "--preset", "tiny", "--set", "mask_nlr=0.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown parameter(s) mask_nlr for flow cku-pipeline")

@@ -31,13 +31,14 @@ def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
                                                   "(apt-get install -y chromium; CI installs it)")
 def test_ui_shows_the_flow_run(prefect_server, deployed_pipeline_run, test_artifacts_dir: Path) -> None:  # type: ignore[no-untyped-def]
     run = deployed_pipeline_run
-    url = f"{prefect_server.url}/runs"
-    dom = chromium("--dump-dom", url)
-    (test_artifacts_dir / "prefect-ui-runs.html").write_text(dom.stdout)
-    shot = test_artifacts_dir / "prefect-ui-runs.png"
-    shot.unlink(missing_ok=True)
-    chromium(f"--screenshot={shot}", url)
-    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
-    assert run.name in dom.stdout, f"flow run {run.name!r} not in the rendered {url} (see {test_artifacts_dir})"
-    detail = chromium("--dump-dom", f"{prefect_server.url}/runs/flow-run/{run.flow_run_id}")
-    assert run.name in detail.stdout
+    pages = {"runs": f"{prefect_server.url}/runs",
+             "flow-run": f"{prefect_server.url}/runs/flow-run/{run.flow_run_id}"}
+    for page, url in pages.items():
+        dom = chromium("--dump-dom", url).stdout
+        (test_artifacts_dir / f"prefect-ui-{page}.html").write_text(dom)
+        assert run.name in dom, f"flow run {run.name!r} not in the rendered {url} (see {test_artifacts_dir})"
+    for page, url in pages.items():  # kept for humans: what the UI showed
+        shot = test_artifacts_dir / f"prefect-ui-{page}.png"
+        shot.unlink(missing_ok=True)
+        chromium(f"--screenshot={shot}", url)
+        assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {url}"
