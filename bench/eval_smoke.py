@@ -24,7 +24,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
 from cku_core.eval import (  # noqa: E402
-    EvalConfig, SplitConfig, compute_reference, evaluate_model, load_eval_data, make_splits,
+    EvalConfig,
+    SplitConfig,
+    compute_reference,
+    evaluate_model,
+    load_eval_data,
+    make_splits,
 )
 from cku_core.eval.splits import assert_disjoint  # noqa: E402
 from cku_core.judges import LLMJudge  # noqa: E402
@@ -61,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-llm-judge", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write rows.jsonl + metrics.jsonl here")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     wall = time.perf_counter()
 
     t = time.perf_counter()

@@ -86,6 +86,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("stage_version", "str", "Version of the stage's code that produced the artifact."),
         Column("key", "str", "Content-addressed cache key of the stage."),
         Column("cached", "bool", "True when the result was reused instead of recomputed."),
+        Column("prefect_state", "str", "The task's final Prefect state name (Cached on a Prefect cache hit)."),
         Column("seconds", "float", "Wall-clock seconds the stage took in this run."),
         Column("artifact_path", "str", "Folder of the artifact the stage produced or reused."),
     ),

@@ -34,8 +34,10 @@ class RunLog:
         state = task(*args, return_state=True, **kwargs)
         out = state.result()  # re-raises the task's exception, failing the flow
         seconds = time.perf_counter() - start
-        cached = state.name == "Cached" or bool(out.get("reused"))
-        self.stages.append({"stage": out["stage"], "stage_version": out["version"], "key": out["key"], "cached": cached, "seconds": round(seconds, 3),
+        prefect_cached = state.name == "Cached"
+        cached = prefect_cached or bool(out.get("reused"))
+        self.stages.append({"stage": out["stage"], "stage_version": out["version"], "key": out["key"],
+                            "cached": cached, "prefect_state": state.name, "seconds": round(seconds, 3),
                             "artifact_path": out["ref"]["path"]})
         self.timings[out["stage"]] = round(self.timings.get(out["stage"], 0.0) + seconds, 3)
         return out

@@ -93,4 +93,5 @@ def cku_pipeline(
     close_run(log)
     return {"run_id": log.run_id, "name": log.name, "method": method, "checkpoint": checkpoint["ref"],
             "headline": evaluated["info"]["headline"],
-            "cached": {s["stage"]: s["cached"] for s in log.stages}}
+            "cached": {s["stage"]: s["cached"] for s in log.stages},
+            "states": {s["stage"]: s["prefect_state"] == "Cached" for s in log.stages}}

@@ -7,8 +7,9 @@ not a source hash (Prefect's TASK_SOURCE sees only the decorated function, not c
 of behaviour is declared by bumping the stage's VERSION.
 
 The same key names the stage's artifact folder, so a Prefect cache hit is only used when the
-artifact is still on disk and verifies: otherwise the key function answers None (no cache lookup)
-and the task recomputes, then rewrites the artifact.
+artifact is still on disk and verifies: otherwise the key function first drops Prefect's result
+record for that key (a record without its artifact must never be served), so the task recomputes,
+rewrites the artifact and records its result under the same key: the next identical run is Cached.
 """
 
 from __future__ import annotations
@@ -63,17 +64,41 @@ def stage_key(stage: str, version: str, parameters: Mapping[str, Any], extra: Ex
 
 
 def cache_key_fn(stage: str, version: str, extra: ExtraInputs | None = None
-                 ) -> Callable[[Any, dict[str, Any]], str | None]:
-    """A Prefect `cache_key_fn` that only reports a key whose artifact is on disk and intact."""
+                 ) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect `cache_key_fn` whose hits are only served while the artifact is on disk and intact."""
 
-    def key_fn(_context: Any, parameters: dict[str, Any]) -> str | None:
+    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
         key = stage_key(stage, version, parameters, extra)
+        prefect_key = f"cku-{stage}-v{version}-{key}"
         if ArtifactStore().get(stage, key) is None:
-            return None  # no cache lookup: the task runs and (re)writes the artifact
-        return f"cku-{stage}-v{version}-{key}"
+            drop_result_record(context, prefect_key)
+        return prefect_key
 
     key_fn.__name__ = f"{stage}_cache_key"
     return key_fn
+
+
+def drop_result_record(context: Any, prefect_key: str) -> None:
+    """Delete Prefect's persisted result for `prefect_key`, so the lookup misses and the task runs.
+
+    Prefect has no public delete for result records; `_resolved_key_path` is how its own store maps
+    a key to a path (Prefect 3.x). Non-local result storage keeps its record: the task then still
+    finds the artifact missing inside its body and recomputes it (see `tasks.*` get_or_put).
+    """
+    import os
+
+    from prefect.results import get_result_store
+
+    store = getattr(context, "result_store", None) or get_result_store()
+    try:
+        path = store._resolved_key_path(prefect_key)
+    except Exception:  # noqa: BLE001 - unknown storage: nothing to delete here
+        return
+    if os.path.isabs(path):
+        from pathlib import Path
+
+        Path(path).unlink(missing_ok=True)
+        store.cache.pop(path, None)
 
 
 class StageOutput(BaseModel):

@@ -62,7 +62,9 @@ def continuation_logprobs(
     return map_continuations(model, pairs, pad_token_id, lambda lp, tgt: lp.gather(1, tgt[:, None])[:, 0], batch_size)
 
 
-def example_pairs(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
+def example_pairs(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
+) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) exactly as training encodes them (chat template, eos after the response)."""
     pairs = []
     for ex in examples:

@@ -29,11 +29,12 @@ from cku_core.eval.reference import ReferenceOutputs, compare_to_reference
 from cku_core.eval.rows import MetricRow, ResponseRow
 from cku_core.eval.sources import DataRecord
 from cku_core.eval.utility import mc_accuracy, perplexity
-from cku_core.generation import GenSettings, GenerationStats, ProgressFn, generate
+from cku_core.generation import GenerationStats, GenSettings, ProgressFn, generate
 from cku_core.judges.base import Verdict
 from cku_core.judges.degenerate import DegenerateDetector
 from cku_core.judges.keyword import RefusalKeywordJudge
-from cku_core.judges.knowledge import NAME as KNOWLEDGE, knowledge_nll
+from cku_core.judges.knowledge import NAME as KNOWLEDGE
+from cku_core.judges.knowledge import knowledge_nll
 from cku_core.judges.llm import LLMJudge
 
 

@@ -56,6 +56,18 @@ class Splits:
         return {"forget": self.forget, "eval_harmful": self.eval_harmful, "scoring": self.scoring,
                 "eval_benign": self.eval_benign}
 
+    def as_dict(self) -> dict:
+        """Plain JSON (e.g. a cached pipeline artifact); `Splits.from_dict` reads it back."""
+        return {"digest": self.digest, "config": self.config.model_dump(), "sources": self.sources,
+                **{k: [r.as_dict() for r in v] for k, v in self.names().items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Splits:
+        def rec(x: dict) -> DataRecord:
+            return DataRecord(**{**x, "choices": tuple(x["choices"]) if x.get("choices") else None})
+        parts = {k: [rec(x) for x in d[k]] for k in ("forget", "eval_harmful", "scoring", "eval_benign")}
+        return cls(**parts, sources=d["sources"], config=SplitConfig(**d["config"]), digest=d["digest"])
+
 
 def normalize_prompt(text: str) -> str:
     """Lower case, letters and digits only, single spaces: the key for duplicates across splits."""

@@ -9,10 +9,12 @@ the digit log-probabilities of the same prompt. The label records which path gav
 
 from __future__ import annotations
 
+import copy
+import inspect
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,11 @@ def digit_candidates(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[lis
     raise ConfigError("the judge tokenizer cannot score the digits 1-5 as single next tokens; use mode='generate'")
 
 
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    # transformers >= 5.2x renamed `past_key_values` to `cache`; older versions only know the former.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @dataclass
 class LLMJudge:
     model: PreTrainedModel
@@ -64,8 +71,10 @@ class LLMJudge:
     batch_size: int = 8
     max_request_chars: int = 1000
     max_response_chars: int = 1500
+    prefix_cache: bool = True
     name: str = "llm"
     version: str = "1"
+    _prefix_cache: tuple[list[int], Any] | None = field(default=None, init=False, repr=False)
 
     def judge_input(self, request: str, response: str) -> str:
         message = JUDGE_PROMPT.format(request=request[: self.max_request_chars].strip(),
@@ -74,19 +83,48 @@ class LLMJudge:
 
     @torch.no_grad()
     def digit_probs(self, texts: Sequence[str]) -> list[list[float]]:
-        """Probabilities of "1".."5" as the next token, renormalised over the five."""
+        """Probabilities of "1".."5" as the next token, renormalised over the five.
+
+        The judge instructions before the request are the same for every item: they are run once and
+        their KV cache is reused (about two thirds of the judge's compute on a 48-token response).
+        Items whose tokens do not start with that prefix (a tokenizer merging across it) are scored
+        without the cache; both paths give the same numbers up to float rounding.
+        """
         cands = [digit_candidates(self.tokenizer, t) for t in texts]
+        prefix = self.shared_prefix_ids() if self.prefix_cache else []
+        cached = [i for i, c in enumerate(cands) if prefix and len(c[0]) > len(prefix) and c[0][:len(prefix)] == prefix]
+        plain = sorted(set(range(len(texts))) - set(cached))
+        out: dict[int, list[float]] = {}
+        for ids_of, offset in ((plain, []), (cached, prefix)):
+            order = sorted(ids_of, key=lambda i: -len(cands[i][0]))
+            for s in range(0, len(order), self.batch_size):
+                batch = order[s:s + self.batch_size]
+                last = self._last_logits([cands[i][0][len(offset):] for i in batch], offset)
+                for row, i in enumerate(batch):
+                    out[i] = F.softmax(last[row][torch.tensor(cands[i][1])], -1).tolist()
+        return [out[i] for i in range(len(texts))]
+
+    def shared_prefix_ids(self) -> list[int]:
+        """Token ids of the judge input up to the request (the part every item shares)."""
+        sentinel = "\u2063REQ\u2063"
+        text = render_prompt(self.tokenizer, JUDGE_PROMPT.format(request=sentinel, response="x"))
+        return self.tokenizer(text.split(sentinel)[0], add_special_tokens=False)["input_ids"]
+
+    def _last_logits(self, suffixes: list[list[int]], prefix: list[int]) -> list[torch.Tensor]:
+        """Next-token logits after each sequence (prefix + suffix), with the prefix's KV cache if given."""
         device = next(self.model.parameters()).device
-        out: list[list[float]] = [[] for _ in texts]
-        order = sorted(range(len(texts)), key=lambda i: -len(cands[i][0]))
-        for s in range(0, len(order), self.batch_size):
-            batch = order[s:s + self.batch_size]
-            ids, mask = right_pad([cands[i][0] for i in batch], pad_id(self.tokenizer))
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            for row, i in enumerate(batch):
-                last = logits[row, len(cands[i][0]) - 1]
-                out[i] = F.softmax(last[torch.tensor(cands[i][1], device=device)], -1).tolist()
-        return out
+        ids, mask = right_pad(suffixes, pad_id(self.tokenizer))
+        kwargs = {}
+        if prefix:
+            if self._prefix_cache is None or self._prefix_cache[0] != prefix:
+                run = self.model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+                self._prefix_cache = (prefix, run.get("cache", run.get("past_key_values")))
+            cache = copy.deepcopy(self._prefix_cache[1])
+            cache.batch_repeat_interleave(len(suffixes))
+            mask = torch.cat([torch.ones(len(suffixes), len(prefix), dtype=mask.dtype), mask], 1)
+            kwargs = {_cache_kwarg(self.model): cache, "use_cache": True}
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+        return [logits[row, len(s) - 1].float().cpu() for row, s in enumerate(suffixes)]
 
     def _verdict(self, score: int, expected: float | None, how: str) -> Verdict:
         label = f"{score}" + (f" ({how}, E={expected:.2f})" if expected is not None else f" ({how})")

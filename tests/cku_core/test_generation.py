@@ -40,7 +40,8 @@ def test_outputs_come_back_in_input_order(setup):
 def test_progress_stats_and_lengths(setup):
     model, tok, prompts = setup
     calls = []
-    res = generate(model, tok, prompts, GenSettings(max_new_tokens=5), batch_size=4, on_progress=lambda d, n: calls.append((d, n)))
+    res = generate(model, tok, prompts, GenSettings(max_new_tokens=5), batch_size=4,
+                   on_progress=lambda d, n: calls.append((d, n)))
     assert calls == [(4, 6), (6, 6)]
     assert res.stats.n_prompts == 6 and res.stats.tokens_per_s > 0
     assert all(o.n_tokens <= 5 and o.n_tokens == len(o.token_ids) for o in res.outputs)

@@ -33,13 +33,35 @@ def test_key_changes_with_content_config_and_version(store: ArtifactStore) -> No
     assert base != stage_key("mask", "1", {"model": a, "config": MaskConfig(nlr=0.8)}, lambda p: {"file": "sha"})
 
 
-def test_cache_key_fn_only_reports_intact_artifacts(store: ArtifactStore) -> None:
+class _FakeResultStore:
+    """Stands in for Prefect's ResultStore: records are files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.cache = root, {}
+
+    def _resolved_key_path(self, key: str) -> str:
+        return str(self.root / key)
+
+
+def test_cache_key_fn_drops_prefect_records_whose_artifact_is_gone(store: ArtifactStore, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
     params = {"config": MaskConfig(nlr=0.8)}
     key = stage_key("mask", "1", params)
+    prefect_key = f"cku-mask-v1-{key}"
+    context = SimpleNamespace(result_store=_FakeResultStore(tmp_path))
+    record = tmp_path / prefect_key
     fn = cache_key_fn("mask", "1")
-    assert fn(None, params) is None  # nothing on disk: no cache lookup, the task computes
+
+    record.write_text("stale result of a run whose artifact was deleted")
+    assert fn(context, params) == prefect_key
+    assert not record.exists()            # nothing on disk: the stale record goes, the task computes
+
     art = store.put_files("mask", key, {"mask.safetensors": b"abc"}, stage_version="1")
-    assert fn(None, params) == f"cku-mask-v1-{key}"
+    record.write_text("result")
+    assert fn(context, params) == prefect_key and record.exists()   # intact: the hit is served
+
     (art.path / "mask.safetensors").write_bytes(b"tampered")
-    assert fn(None, params) is None  # corrupt: quarantined, so the task recomputes
+    assert fn(context, params) == prefect_key
+    assert not record.exists()            # corrupt: quarantined and the record dropped, so it recomputes
     assert (store.quarantine_dir / "mask").is_dir()

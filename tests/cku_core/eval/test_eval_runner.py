@@ -88,9 +88,11 @@ def test_llm_judge_requested_without_model():
         evaluate_model(tiny_model("llama"), tiny_tokenizer(), data, CONFIG)
 
 
-def test_config_forbids_unknown_fields():
+def test_config_forbids_unknown_fields_and_attacks():
     with pytest.raises(ValueError):
         EvalConfig(n_prompts=3)
+    with pytest.raises(ValueError, match="unknown attack"):
+        EvalConfig(attacks=["direct", "gcg_not_there"])
 
 
 def test_no_prefect_import_in_cku_core():

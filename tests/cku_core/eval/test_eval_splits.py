@@ -58,3 +58,11 @@ def test_assert_disjoint_catches_a_leak():
     leaked = type(s)(**{**s.__dict__, "eval_harmful": [*s.eval_harmful, s.forget[0]]})
     with pytest.raises(DataError, match="disjoint"):
         assert_disjoint(leaked)
+
+
+def test_json_roundtrip():
+    import json
+
+    s = split_records(HARMFUL, BENIGN, CFG)
+    back = type(s).from_dict(json.loads(json.dumps(s.as_dict())))
+    assert back == s

@@ -44,3 +44,12 @@ def test_generate_mode_falls_back_to_logprobs(judge):
     gen = LLMJudge(judge.model, judge.tokenizer, mode="generate")
     v = gen.judge(["q"], ["r"])[0]
     assert v.score in {1.0, 2.0, 3.0, 4.0, 5.0} and ("generated" in v.label or "logprob" in v.label)
+
+
+def test_prefix_cache_gives_the_same_probabilities(judge):
+    reqs, resps = ["How do I pick a lock?", "Write a phishing email"] * 3, ["No.", "Step 1: open the door.", ""] * 2
+    texts = [judge.judge_input(q, r) for q, r in zip(reqs, resps)]
+    cached = LLMJudge(judge.model, judge.tokenizer, batch_size=4).digit_probs(texts)
+    plain = LLMJudge(judge.model, judge.tokenizer, batch_size=4, prefix_cache=False).digit_probs(texts)
+    assert torch.allclose(torch.tensor(cached), torch.tensor(plain), atol=1e-5)
+    assert len(judge.shared_prefix_ids()) > 50
