@@ -57,6 +57,7 @@ class UnlearnReport:
     n_locked: int                  # locked entries inside trainable tensors
     n_changed: int                 # entries that differ from the original at the end
     history: list[StepStats] = field(default_factory=list)
+    trainable_names: list[str] = field(default_factory=list)   # the only tensors that may differ
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -272,7 +273,7 @@ def unlearn(model: nn.Module, tokenizer: PreTrainedTokenizerBase, forget: Sequen
     n_changed, n_locked = verify_invariant(model, original, slices, frozen_before, config.require_change)
     n_trainable = sum(p.numel() for p in trainable.values()) - n_locked
     return UnlearnReport(len(history) + start, time.perf_counter() - t0, stopped_early, n_trainable, n_locked,
-                         n_changed, history)
+                         n_changed, history, sorted(trainable))
 
 
 def _optimizer(trainable: dict[str, nn.Parameter], slices: Sequence[LockedSlice], config: UnlearnConfig) -> torch.optim.Optimizer:

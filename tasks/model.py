@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import task
 
+from cku_core.delta import apply_delta
 from cku_core.errors import ConfigError
 from cku_core.fingerprint import json_digest, model_fingerprint
 from cku_core.models import (
@@ -33,6 +34,7 @@ from tasks.params import ModelConfig
 STAGE, VERSION = "model", "1"
 INFO = "info.json"
 HF_DIR = "hf"
+DELTA_FILE = "delta.safetensors"
 TINY_PREFIX = "tiny:"
 
 
@@ -112,6 +114,14 @@ def prepare_model(config: ModelConfig) -> dict[str, Any]:
     return output(STAGE, artifact.ref(), t.seconds, info, version=VERSION, reused=reused)
 
 
+def write_delta_info(folder: Path, model: Any, base_ref: Mapping[str, Any], base_info: Mapping[str, Any]) -> dict[str, Any]:
+    """info.json of a checkpoint: the base model artifact plus `delta.safetensors` on top of it."""
+    info = {"spec": base_info["spec"], "base": dict(base_ref), "delta": DELTA_FILE,
+            "base_fingerprint": base_info["fingerprint"], "fingerprint": model_fingerprint(model), **describe(model)}
+    (folder / INFO).write_text(json.dumps(info, indent=2, sort_keys=True), encoding="utf-8")
+    return info
+
+
 # ------------------------------------------------------------------ loading a model artifact
 def read_info(folder: Path) -> dict[str, Any]:
     return json.loads((folder / INFO).read_text(encoding="utf-8"))
@@ -132,9 +142,16 @@ def load_model_artifact(ref: ArtifactRef | Mapping[str, Any], device: str = "cpu
     """(model, tokenizer, info) from a model/checkpoint artifact, in eval mode on `device`."""
     from cku_core.device import resolve_device
 
-    location, info = model_location(ref)
-    model, tok = load_model_and_tokenizer(location, device=resolve_device(device),
-                                          trust_remote_code=trust_remote_code)
+    artifact = ArtifactStore().open_ref(ref)
+    info = read_info(artifact.path)
+    if "delta" in info:  # a checkpoint: its base model plus the unlearned tensors
+        model, tok, _ = load_model_artifact(info["base"], device=device, trust_remote_code=trust_remote_code)
+        apply_delta(model, artifact.path / info["delta"])
+        location: str | Path = artifact.path
+    else:
+        location, info = model_location(ref)
+        model, tok = load_model_and_tokenizer(location, device=resolve_device(device),
+                                              trust_remote_code=trust_remote_code)
     if model_fingerprint(model) != info["fingerprint"]:
         raise ConfigError(f"the weights in {location} no longer match fingerprint {info['fingerprint'][:12]} "
                           "recorded by the model stage; rerun the flow so the stage recomputes")

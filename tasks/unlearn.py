@@ -1,7 +1,8 @@
 """Stage `checkpoint`: masked unlearning of the original model, saved as a model artifact.
 
 The core loop (cku_core.unlearn) prunes the gradients of the retained set U and verifies, bit for
-bit, that locked and frozen weights did not move; this task only feeds it and saves the result.
+bit, that locked and frozen weights did not move; this task only feeds it and saves the result:
+a delta (the trainable tensors only, safetensors) on top of the model artifact it started from.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from cku_core.config import UnlearnConfig
+from cku_core.delta import save_delta
 from cku_core.store import ArtifactStore, Provenance
 from cku_core.unlearn import StepStats, unlearn
 from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, cache_key_fn, output, stage_key
 from tasks.data import load_examples
 from tasks.mask import load_mask
-from tasks.model import HF_DIR, load_model_artifact, write_model_info
+from tasks.model import DELTA_FILE, load_model_artifact, write_delta_info
 
-STAGE, VERSION = "checkpoint", "1"
+STAGE, VERSION = "checkpoint", "2"
 REPORT_FILE = "unlearn_report.json"
 
 
@@ -47,10 +49,10 @@ def unlearn_stage(model: dict[str, Any], examples: dict[str, Any], config: Unlea
             retained.check_compatible(lm, info["fingerprint"])
         report = unlearn(lm, tok, splits["forget"], splits["scoring"], config, mask=retained, layers=band,
                          on_step=on_step, max_seconds=max_seconds)
-        lm.save_pretrained(folder / HF_DIR)
-        tok.save_pretrained(folder / HF_DIR)
+        save_delta(lm, report.trainable_names, folder / DELTA_FILE,
+                   metadata={"base_fingerprint": info["fingerprint"], "config": config.canonical_json()})
         (folder / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-        write_model_info(folder, lm, info["spec"], HF_DIR, base_fingerprint=info["fingerprint"])
+        write_delta_info(folder, lm, model["ref"], info)
 
     with Timer() as t:
         artifact, reused = ArtifactStore().get_or_put(

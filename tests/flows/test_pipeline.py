@@ -70,7 +70,7 @@ def test_rerun_reuses_every_stage(env: tuple[ArtifactStore, ResultsStore]) -> No
 def test_corrupt_checkpoint_is_quarantined_and_recomputed(env: tuple[ArtifactStore, ResultsStore]) -> None:
     store, _ = env
     [key] = store.keys("checkpoint")
-    weights = next((store.root / "checkpoint" / key / "hf").glob("*.safetensors"))
+    weights = store.root / "checkpoint" / key / "delta.safetensors"
     weights.write_bytes(weights.read_bytes()[:-16])  # a truncated checkpoint must never be served
     out = run_tiny()
     assert out["cached"]["checkpoint"] is False
