@@ -23,6 +23,7 @@ from cku_core.eval.splits import SplitConfig, assert_disjoint, make_splits
 from cku_core.fingerprint import json_digest
 from cku_core.generation import GenSettings, generate
 from cku_core.store import ArtifactRef, ArtifactStore, Provenance
+from tasks._progress import StageProgress
 from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, cache_key_fn, output, stage_key
 from tasks.model import load_model_artifact
 
@@ -71,7 +72,8 @@ def prepare_examples(model: dict[str, Any], data: dict[str, Any], settings: GenS
         lm, tok, _info = load_model_artifact(model["ref"], device=device)
         missing = [(name, i) for name, recs in splits.items() for i, r in enumerate(recs) if not r.get("response")]
         prompts = [render_prompt(tok, splits[name][i]["prompt"]) for name, i in missing]
-        result = generate(lm, tok, prompts, settings, batch_size=batch_size)
+        with StageProgress("reference responses", len(prompts), unit="prompt") as bar:
+            result = generate(lm, tok, prompts, settings, batch_size=batch_size, on_progress=bar)
         for (name, i), gen in zip(missing, result.outputs):
             splits[name][i]["response"] = gen.text.strip() or "(empty)"
             splits[name][i]["response_source"] = "original_model"

@@ -21,6 +21,7 @@ from cku_core.eval.runner import evaluate_model
 from cku_core.eval.sources import DataRecord
 from cku_core.eval.splits import SplitConfig, Splits
 from cku_core.store import ArtifactRef, ArtifactStore, Provenance
+from tasks._progress import StageProgress
 from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, cache_key_fn, output, stage_key
 from tasks.data import load_splits
 from tasks.model import load_model_artifact
@@ -98,15 +99,17 @@ def evaluate_stage(model: dict[str, Any], data: dict[str, Any], reference: dict[
                                                "config": config, "judge_model": judge_model})
     log = get_run_logger()
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % 50 == 0:
-            log.info("evaluation progress %d/%d", done, total)
-
     def write(folder: Path) -> None:
         lm, tok, _info = load_model_artifact(model["ref"], device=device)
-        result = evaluate_model(lm, tok, eval_data(data, config), config,
-                                reference=load_reference(reference["ref"]) if reference else None,
-                                judge=_llm_judge(judge_model, config, device), on_progress=progress)
+        with StageProgress("evaluate", 0, unit="gen") as bar:
+            def progress(done: int, total: int) -> None:
+                bar(done, total)
+                if done == total or done % 50 == 0:
+                    log.info("evaluation progress %d/%d", done, total)
+
+            result = evaluate_model(lm, tok, eval_data(data, config), config,
+                                    reference=load_reference(reference["ref"]) if reference else None,
+                                    judge=_llm_judge(judge_model, config, device), on_progress=progress)
         with open(folder / ROWS_FILE, "w", encoding="utf-8") as f:
             for row in result.row_dicts():
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

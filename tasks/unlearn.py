@@ -17,6 +17,7 @@ from cku_core.config import UnlearnConfig
 from cku_core.delta import save_delta
 from cku_core.store import ArtifactStore, Provenance
 from cku_core.unlearn import StepStats, unlearn
+from tasks._progress import StageProgress
 from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, cache_key_fn, output, stage_key
 from tasks.data import load_examples
 from tasks.mask import load_mask
@@ -35,8 +36,13 @@ def unlearn_stage(model: dict[str, Any], examples: dict[str, Any], config: Unlea
     key = stage_key(STAGE, VERSION, {"model": model, "examples": examples, "config": config, "mask": mask,
                                      "band": band, "max_seconds": max_seconds})
     log = get_run_logger()
+    progress: StageProgress | None = None
 
     def on_step(s: StepStats) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = StageProgress("unlearn", s.total_steps, unit="step")
+        progress(s.step, s.total_steps, {"loss": f"{s.loss:.3f}", "forget_nll": f"{s.forget_nll:.3f}"})
         if s.step == 1 or s.step == s.total_steps or s.step % 10 == 0:
             log.info("step %d/%d loss %.4f harm %.4f reg %.4f forget NLL %.3f (%.1f s)",
                      s.step, s.total_steps, s.loss, s.harm, s.reg, s.forget_nll, s.seconds)
@@ -47,8 +53,12 @@ def unlearn_stage(model: dict[str, Any], examples: dict[str, Any], config: Unlea
         retained = load_mask(mask["ref"]) if mask else None
         if retained is not None:
             retained.check_compatible(lm, info["fingerprint"])
-        report = unlearn(lm, tok, splits["forget"], splits["scoring"], config, mask=retained, layers=band,
-                         on_step=on_step, max_seconds=max_seconds)
+        try:
+            report = unlearn(lm, tok, splits["forget"], splits["scoring"], config, mask=retained, layers=band,
+                             on_step=on_step, max_seconds=max_seconds)
+        finally:
+            if progress is not None:
+                progress.close()
         save_delta(lm, report.trainable_names, folder / DELTA_FILE,
                    metadata={"base_fingerprint": info["fingerprint"], "config": config.canonical_json()})
         (folder / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")

@@ -123,3 +123,15 @@ def test_cli_run_with_unknown_parameter(capsys: pytest.CaptureFixture[str]) -> N
 
     assert main(["run", "--preset", "tiny", "--set", "mask_nlr=0.5"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown parameter(s) mask_nlr for flow cku-pipeline")
+
+
+def test_long_stages_publish_progress_artifacts(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    run_tiny(unlearn={"steps": 3, "batch_size": 2, "max_length": 64, "lr": 2e-3})  # a new checkpoint + evaluation
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    descriptions = {a.description for a in progress}
+    assert {"unlearn progress", "evaluate progress"} <= descriptions, descriptions
+    assert any(a.data == 100.0 for a in progress if a.description == "unlearn progress")
