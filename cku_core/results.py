@@ -497,6 +497,96 @@ def _plot_asr_vs_utility(metrics: list[dict[str, Any]], path: Path, asr_metric: 
     return f"![ASR vs utility]({path.name})"
 
 
+# ------------------------------------------------------------------ method comparison
+# (column, metric, judge, attack, family, subset); judge "*" = the comparison's judge.
+_SUMMARY_METRICS: tuple[tuple[str, str, str | None, str, str, str], ...] = (
+    ("asr", "asr", "*", "all", "all", "harmful"),
+    ("harmful_nll", "knowledge_nll", "knowledge_nll", "none", "none", "harmful_reference"),
+    ("perplexity", "perplexity", None, "none", "none", "benign"),
+    ("mc_acc", "mc_acc", None, "none", "none", "mc"),
+    ("agreement", "greedy_agreement", None, "none", "none", "benign"),
+    ("over_refusal", "over_refusal_rate", "refusal_keyword", "direct", "direct", "over_refusal"),
+    ("degenerate_harmful", "degenerate_rate", "*", "all", "all", "harmful"),
+    ("degenerate_benign", "degenerate_rate", None, "direct", "direct", "over_refusal"),
+)
+
+
+def comparison_rows(run_ids: Sequence[str], *, judge: str = "refusal_keyword",
+                    store: ResultsStore | None = None) -> list[dict[str, Any]]:
+    """One row per run (method): ASR per attack family and overall under `judge`, then utility.
+
+    Columns: method, asr_<family>..., asr, harmful_nll, perplexity, mc_acc, agreement, over_refusal,
+    degenerate_harmful, degenerate_benign (missing metrics are None).
+    """
+    store = store or ResultsStore()
+    if not run_ids:
+        return []
+    con = store.connect()
+    try:
+        marks = ", ".join("?" for _ in run_ids)
+        metrics = _fetch_dicts(con, f"SELECT run_id, method, metric, judge, attack, family, subset, value FROM metrics"
+                                    f" WHERE run_id IN ({marks})", list(run_ids))
+    finally:
+        con.close()
+    families = sorted({m["family"] for m in metrics if m["metric"] == "asr" and m["judge"] == judge
+                       and m["attack"] == "all" and m["family"] != "all"})
+    rows = []
+    for run_id in run_ids:
+        mine = [m for m in metrics if m["run_id"] == run_id]
+        if not mine:
+            continue
+
+        def pick(metric: str, j: str | None, attack: str, family: str, subset: str) -> float | None:
+            j = judge if j == "*" else j
+            return next((m["value"] for m in mine if m["metric"] == metric and m["judge"] == j and m["attack"] == attack
+                         and m["family"] == family and m["subset"] == subset), None)
+
+        row: dict[str, Any] = {"method": mine[0]["method"]}
+        row.update({f"asr_{f}": pick("asr", "*", "all", f, "harmful") for f in families})
+        row.update({col: pick(*spec) for col, *spec in _SUMMARY_METRICS})
+        rows.append(row)
+    return rows
+
+
+def comparison_markdown(rows: list[dict[str, Any]], *, judge: str = "refusal_keyword", plot_png: bytes | None = None) -> str:
+    """The comparison as a markdown table (+ the ASR-vs-utility plot embedded as a data URI)."""
+    if not rows:
+        return "_no metrics recorded_"
+    text = (f"## Methods compared (ASR by the `{judge}` judge; lower ASR is safer, higher harmful_nll means "
+            "the knowledge is further gone; perplexity/mc_acc/agreement measure utility)\n\n" + _table_md(rows))
+    if plot_png:
+        import base64
+
+        text += "\n\n![ASR vs utility](data:image/png;base64," + base64.b64encode(plot_png).decode() + ")"
+    return text
+
+
+def comparison_plot(rows: list[dict[str, Any]], path: Path, utility: str = "perplexity") -> Path | None:
+    """ASR (y) against a utility column (x), one labelled point per method; None without matplotlib."""
+    points = [(r["method"], r.get(utility), r.get("asr")) for r in rows if r.get(utility) is not None and r.get("asr") is not None]
+    if not points:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for method, x, y in points:
+        ax.scatter(x, y)
+        ax.annotate(method, (x, y), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel(f"{utility} (benign)")
+    ax.set_ylabel("ASR (lower is safer)")
+    ax.set_title("ASR vs utility")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ------------------------------------------------------------------ module-level shortcuts
 def write_rows(table: str, run_id: str, stage: str, rows: Iterable[Mapping[str, Any]], *,
                root: str | os.PathLike[str] | None = None) -> Path | None:

@@ -73,3 +73,23 @@ def record_failure(flow: Any, run: Any, state: Any) -> None:
     row = {"flow": flow.name, "name": run.name, "status": state.type.value.lower(), "finished_at": now(),
            "started_at": run.start_time}
     ResultsStore().write_rows("runs", str(run.id), "failed", [row])
+
+
+def publish_comparison(run_id: str, method_run_ids: list[str], judge: str = "refusal_keyword") -> list[dict[str, Any]]:
+    """The methods side by side: a table artifact and a markdown report (with the ASR-vs-utility plot)
+    in the Prefect UI, and the rows returned for the terminal."""
+    import tempfile
+    from pathlib import Path
+
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from cku_core.results import comparison_markdown, comparison_plot, comparison_rows
+
+    rows = comparison_rows(method_run_ids, judge=judge)
+    rounded = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    create_table_artifact(rounded, key="cku-comparison", description=f"Methods compared (ASR by the {judge} judge)")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = comparison_plot(rows, Path(tmp) / "asr_vs_utility.png")
+        markdown = comparison_markdown(rounded, judge=judge, plot_png=png.read_bytes() if png else None)
+    create_markdown_artifact(markdown, key="cku-report", description=f"Comparison report of run {run_id}")
+    return rounded

@@ -15,11 +15,13 @@ from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.splits import SplitConfig
 from cku_core.methods import METHODS, get_method
-from flows._runs import close_run, open_run, record_failure
+from flows._runs import close_run, open_run, publish_comparison, record_failure
 from flows.pipeline import cku_pipeline, run_config
 from tasks.params import ModelConfig, RunOptions
 
 DEFAULT_METHODS = ["original", "cku", "cku_random", "cku_nlr0", "ga", "graddiff", "npo"]
+# The main job (`cku run`): the original model, CKU, GA without a mask, CKU with a random U.
+MAIN_METHODS = ["original", "cku", "ga", "cku_random"]
 
 
 @flow(name="compare-baselines", on_failure=[record_failure], on_crashed=[record_failure])
@@ -44,5 +46,6 @@ def compare_baselines(
         out = cku_pipeline(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
                            evaluation=evaluation, method=name, band=band, options=options)
         runs[name] = {"run_id": out["run_id"], "headline": out["headline"]}
+    table = publish_comparison(log.run_id, [r["run_id"] for r in runs.values()])
     close_run(log)
-    return {"run_id": log.run_id, "methods": runs, "known_methods": list(METHODS)}
+    return {"run_id": log.run_id, "name": log.name, "methods": runs, "table": table, "known_methods": list(METHODS)}

@@ -206,13 +206,18 @@ def _run_flow(module: str, name: str, args: argparse.Namespace) -> int:
     if not state.is_completed():
         raise CKUError(f"flow run ended {state.type.value.lower()}: {_one_line(state.message or 'see the Prefect UI')}")
     result = state.result()
+    if isinstance(result, dict) and result.get("table"):
+        print(format_table(list(result["table"][0]), [tuple(r.values()) for r in result["table"]], 14))
     if isinstance(result, dict) and "run_id" in result:
         print(f"run {result['run_id']} ({result.get('name')}) completed; `cku report {result['run_id'][:8]}` shows it")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_flow("flows.pipeline", "cku_pipeline", args)
+    """The main job: the original model, CKU, GA without a mask and CKU with a random U, compared."""
+    if args.preset is None and args.config is None:
+        args.preset = "smollm2"
+    return _run_flow("flows.baselines", "compare_baselines", args)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
