@@ -9,6 +9,10 @@ Write protocol (why each step is there):
    the folder already holds a valid artifact, our copy is discarded and theirs is returned: both
    computed the same content-addressed key, so either copy is correct.
 
+`get_or_put` holds an advisory lock per stage/key (`<root>/.locks/`, `flock`, released by the kernel
+even when the holder is SIGKILLed) while it computes, so concurrent runs that need the same artifact
+wait for the first one and reuse it instead of computing it again; see docs/reliability.md.
+
 Read protocol: `get` checks the manifest and the sha256 of every file. A folder that fails any check
 is moved to `<root>/.quarantine/` (kept for a post-mortem, a warning is logged) and reported as a
 miss, so the caller recomputes it. A corrupt artifact is never served and never crashes a run.
@@ -16,6 +20,7 @@ miss, so the caller recomputes it. A corrupt artifact is never served and never 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -43,6 +48,7 @@ DEFAULT_ROOT = Path("artifacts")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 QUARANTINE = ".quarantine"
+LOCKS = ".locks"
 _TMP_PREFIX = ".tmp-"
 # Letters, digits, '.', '_', '-'; must start with a letter or digit, so '.', '..', '.tmp-*' and
 # '.quarantine' can never be a stage or key, and no name can contain a path separator.
@@ -347,7 +353,46 @@ class ArtifactStore:
         found = self.get(stage, key)
         if found is not None:
             return found, True
-        return self.put(stage, key, write, stage_version=stage_version, provenance=provenance), False
+        with self._key_lock(stage, key):
+            found = self.get(stage, key)  # written by another process while we waited for the lock
+            if found is not None:
+                return found, True
+            return self.put(stage, key, write, stage_version=stage_version, provenance=provenance), False
+
+    @contextlib.contextmanager
+    def _key_lock(self, stage: str, key: str) -> Iterator[None]:
+        """Exclusive advisory lock on one stage/key across processes (and threads); no-op without fcntl."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: races are still safe, only duplicated work
+            yield
+            return
+        path = self.root / LOCKS / f"{check_name('stage', stage)}--{check_name('key', key)}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:
+            raise self._write_error(exc, stage, key) from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("artifact %s/%s is being computed by another process; waiting to reuse it", stage, key)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def discard(self, stage: str, key: str) -> bool:
+        """Remove an artifact (atomically out of readers' sight, then deleted); False if it was absent."""
+        final = self.path_for(stage, key)
+        doomed = final.parent / f"{_TMP_PREFIX}{key}-discard-{uuid.uuid4().hex}"
+        try:
+            os.rename(final, doomed)
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
 
     def _make_tmp(self, final: Path) -> Path:
         tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex}"

@@ -323,6 +323,15 @@ def _state(step: int, trainable: dict[str, nn.Parameter], optimizer: torch.optim
 
 
 def _restore(state: dict, trainable: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
+    """Load a state written by `_state`; checked before anything is copied, so a refusal leaves the model as it was."""
+    from cku_core.resume import ResumeStateError
+
+    saved = state["params"]
+    wrong = sorted(set(saved) ^ set(trainable)) or [
+        n for n, p in trainable.items() if saved[n].shape != p.shape or saved[n].dtype != p.dtype]
+    if wrong:
+        raise ResumeStateError(f"the saved training state does not fit this run's trainable tensors ({wrong[:3]}); "
+                               "it was written for another model, scope or mask")
     with torch.no_grad():
         for name, p in trainable.items():
             p.copy_(state["params"][name])

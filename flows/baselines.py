@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 
 from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
+from cku_core.errors import ConfigError
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.splits import SplitConfig
 from cku_core.methods import METHODS, get_method
@@ -35,15 +36,26 @@ def compare_baselines(
     methods: list[str] = DEFAULT_METHODS,  # noqa: B006 - Prefect parameters are copied, never mutated
     band: list[int] | None = None,
     options: RunOptions = RunOptions(),
+    method_overrides: dict[str, dict[str, Any]] = {},  # noqa: B006 - Prefect parameters are copied
 ) -> dict[str, Any]:
-    """One pipeline run per method; returns each method's run id and headline metrics."""
+    """One pipeline run per method; returns each method's run id and headline metrics.
+
+    `method_overrides` changes `unlearn` fields per method, e.g. {"ga": {"lr": 5e-5}}: methods that
+    move different numbers of weights need different learning rates to forget about as much, and a
+    comparison is only fair at matched forgetting (see the knowledge NLL column).
+    """
     for name in methods:
         get_method(name)  # fail on a typo before any work
     log = open_run(None, run_config(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
-                                    evaluation=evaluation, methods=methods, band=band, options=options))
+                                    evaluation=evaluation, methods=methods, band=band, options=options,
+                                    method_overrides=method_overrides))
     runs = {}
+    unknown = set(method_overrides) - set(methods)
+    if unknown:
+        raise ConfigError(f"method_overrides names methods that are not run: {sorted(unknown)}; use some of {methods}")
     for name in methods:
-        out = cku_pipeline(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
+        method_unlearn = UnlearnConfig.model_validate({**unlearn.model_dump(), **method_overrides.get(name, {})})
+        out = cku_pipeline(model=model, data=data, scoring=scoring, mask=mask, unlearn=method_unlearn,
                            evaluation=evaluation, method=name, band=band, options=options)
         runs[name] = {"run_id": out["run_id"], "headline": out["headline"]}
     table = publish_comparison(log.run_id, [r["run_id"] for r in runs.values()])

@@ -139,13 +139,20 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_parameters(config: Path | None, overrides: Sequence[str], preset: str | None = None) -> dict[str, Any]:
-    """Flow parameters: a preset, then a YAML/JSON file, then --set overrides (later ones win)."""
+def load_parameters(config: Path | None, overrides: Sequence[str], preset: str | None = None,
+                    accepted: Sequence[str] | None = None) -> dict[str, Any]:
+    """Flow parameters: a preset, then a YAML/JSON file, then --set overrides (later ones win).
+
+    A preset serves several flows, so its keys that the flow does not take (`accepted`) are dropped;
+    unknown keys from a file or --set are still errors.
+    """
     base: dict[str, Any] = {}
     if preset is not None:
         from flows.presets import preset as get_preset
 
         base = get_preset(preset)
+        if accepted is not None:
+            base = {k: v for k, v in base.items() if k in accepted}
     params: dict[str, Any] = {}
     if config is not None:
         import yaml
@@ -199,18 +206,35 @@ def check_parameters(flow: Any, params: dict[str, Any]) -> None:
 
 
 def _run_flow(module: str, name: str, args: argparse.Namespace) -> int:
-    params = load_parameters(args.config, args.set, args.preset)  # config errors first: no heavy imports
+    load_parameters(args.config, args.set, args.preset)  # config errors first: before heavy imports
     flow = _load_flow(module, name)
+    import inspect
+
+    params = load_parameters(args.config, args.set, args.preset, accepted=list(inspect.signature(flow.fn).parameters))
     check_parameters(flow, params)
+    from flows.preflight import preflight_flow
+
+    preflight_flow(flow, params)  # bad model/data/layers/roots: one line, before a run or artifact exists
     state = flow(**params, return_state=True)
     if not state.is_completed():
-        raise CKUError(f"flow run ended {state.type.value.lower()}: {_one_line(state.message or 'see the Prefect UI')}")
+        raise _failure(state)
     result = state.result()
     if isinstance(result, dict) and result.get("table"):
         print(format_table(list(result["table"][0]), [tuple(r.values()) for r in result["table"]], 14))
     if isinstance(result, dict) and "run_id" in result:
         print(f"run {result['run_id']} ({result.get('name')}) completed; `cku report {result['run_id'][:8]}` shows it")
     return 0
+
+
+def _failure(state: Any) -> CKUError:
+    """The CKUError that failed the run (its own one-line message), else a one-line summary of the state."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - an unreadable result: fall back to the state message
+        exc = None
+    if isinstance(exc, CKUError):
+        return exc
+    return CKUError(f"flow run ended {state.type.value.lower()}: {_one_line(state.message or 'see the Prefect UI')}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from prefect import flow
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.splits import SplitConfig
 from cku_core.fingerprint import json_digest
+from cku_core.preflight import preflight_run
 from cku_core.store import ArtifactStore
 from flows._runs import close_run, open_run, record_failure
 from flows.pipeline import prepare_inputs, run_config
@@ -39,6 +40,7 @@ def cku_evaluate(
     options: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` (an artifact key; None = the original `model`); `label` is the method column."""
+    preflight_run(model=model, data=data, checkpoint=checkpoint)
     log = open_run(label, run_config(model=model, checkpoint=checkpoint, data=data, evaluation=evaluation,
                                      label=label, options=options))
     m, d, ref = prepare_inputs(log, model, data, evaluation, options)

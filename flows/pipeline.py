@@ -20,6 +20,7 @@ from cku_core.eval.splits import SplitConfig
 from cku_core.fingerprint import json_digest
 from cku_core.generation import GenSettings
 from cku_core.methods import get_method, method_configs
+from cku_core.preflight import preflight_run
 from flows._runs import RunLog, close_run, open_run, record_failure
 from tasks.data import prepare_data, prepare_examples
 from tasks.evaluate import evaluate_stage, reference_stage
@@ -71,6 +72,7 @@ def cku_pipeline(
     `band`: layers of the retained set and of training (None = the scored layers, `scoring.layers`).
     """
     get_method(method)  # an unknown method fails before any work
+    preflight_run(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn, method=method, band=band)
     log = open_run(method, run_config(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
                                       evaluation=evaluation, method=method, band=band, options=options))
     m, d, ref = prepare_inputs(log, model, data, evaluation, options)
@@ -84,7 +86,8 @@ def cku_pipeline(
         retained = log.stage(mask_stage, m, scores, m_cfg, layers)
     checkpoint = m
     if u_cfg is not None:
-        checkpoint = log.stage(unlearn_stage, m, ex, u_cfg, retained, layers, options.max_unlearn_seconds)
+        checkpoint = log.stage(unlearn_stage, m, ex, u_cfg, retained, layers, options.max_unlearn_seconds,
+                               checkpoint_every=options.checkpoint_every)
     evaluated = log.stage(evaluate_stage, checkpoint, d, ref, evaluation, options.judge_model, device=options.device)
 
     provenance = {"model_digest": checkpoint["info"]["fingerprint"], "data_digest": log.data_digest,

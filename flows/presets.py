@@ -19,7 +19,22 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "n_over_refusal": 2, "n_benign": 3, "n_mc": 4, "max_new_tokens": 8, "batch_size": 8,
                        "decoding_grid": [{"temperature": 1.0}], "max_length": 64},
     },
-    "smollm2": {},
+    # The main job on SmolLM2-135M-Instruct, sized for a 2-core CPU (cold run ~10-15 min, rerun cached).
+    # Scale up: data.n_forget / n_scoring (128 = the method's N_id), evaluation.n_eval_prompts,
+    # max_new_tokens and the full decoding grid, unlearn.steps.
+    "smollm2": {
+        "data": {"n_forget": 32, "n_eval_harmful": 12, "n_scoring": 32, "n_eval_benign": 16},
+        "scoring": {"n_samples": 32, "batch_size": 8, "max_length": 256},
+        # lr 1e-3: with NLR 0.8 only 20% of the band's units move, so CKU needs a larger step than
+        # full-band GA to forget as much (calibrated on this model: held-out harmful NLL 1.26 -> ~1.9).
+        "unlearn": {"lr": 1e-3, "steps": 16, "batch_size": 4, "max_length": 256},
+        "evaluation": {"n_eval_prompts": 12, "n_over_refusal": 12, "n_benign": 16, "n_mc": 32,
+                       "max_new_tokens": 32, "batch_size": 16,
+                       "decoding_grid": [{"temperature": 0.7}, {"temperature": 1.0, "top_k": 20}]},
+        "methods": ["original", "cku", "ga", "cku_random"],
+        # GA moves every unit of the band: lr 5e-5 brings its held-out harmful NLL to about CKU's.
+        "method_overrides": {"ga": {"lr": 5e-5}},
+    },
 }
 
 

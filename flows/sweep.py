@@ -20,6 +20,7 @@ from prefect import flow
 from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.splits import SplitConfig
+from cku_core.preflight import preflight_run
 from flows._runs import close_run, open_run, record_failure
 from flows.pipeline import cku_pipeline, run_config
 from tasks.params import ModelConfig, RunOptions
@@ -51,6 +52,7 @@ def cku_sweep(
     options: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Run CKU for every (NLR, band, objective); `bands` entries of null mean the default band."""
+    preflight_run(model=model, data=data, scoring=scoring, bands=bands)
     log = open_run("cku", run_config(model=model, data=data, scoring=scoring, unlearn=unlearn, evaluation=evaluation,
                                      nlrs=nlrs, bands=bands, objectives=objectives, options=options))
     shared_scoring = scoring.model_copy(update={"layers": scored_layers(bands, scoring)})

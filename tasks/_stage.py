@@ -29,9 +29,31 @@ CACHED_TASK_OPTIONS: dict[str, Any] = {"persist_result": True, "result_serialize
 # Tasks that use the accelerator carry this tag; `prefect concurrency-limit create gpu 1` then
 # runs one of them at a time (see prefect.yaml).
 GPU_TAG = "gpu"
-# Parameters that say where a stage runs, not what it computes: left out of cache keys, so work done
-# on a GPU worker is reused on a CPU one and vice versa.
-RUNTIME_PARAMETERS = frozenset({"device"})
+# Parameters that say where or how a stage runs, not what it computes: left out of cache keys, so work
+# done on a GPU worker is reused on a CPU one, and the checkpoint interval never invalidates a result.
+RUNTIME_PARAMETERS = frozenset({"device", "checkpoint_every"})
+# Stages whose failures can be transient (file system or hub I/O) retry them; deterministic failures
+# (every CKUError: bad input, full disk, broken invariant) fail at once. See `transient_failure`.
+RETRY_OPTIONS: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 5}
+
+
+def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry I/O and network errors, never a CKUError (a retry cannot fix it),
+    except a hub download that failed (HubUnavailableError), which often succeeds the second time."""
+    from cku_core.errors import CKUError
+    from cku_core.models import HubUnavailableError
+
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - unreadable: do not retry blindly
+            return False
+    if isinstance(exc, HubUnavailableError):
+        return True
+    if isinstance(exc, CKUError):
+        return False
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
 
 
 def key_view(value: Any) -> Any:

@@ -28,7 +28,15 @@ from cku_core.models import (
     parse_model_spec,
 )
 from cku_core.store import ArtifactRef, ArtifactStore, Provenance
-from tasks._stage import CACHED_TASK_OPTIONS, Timer, cache_key_fn, output, stage_key
+from tasks._stage import (
+    CACHED_TASK_OPTIONS,
+    RETRY_OPTIONS,
+    Timer,
+    cache_key_fn,
+    output,
+    stage_key,
+    transient_failure,
+)
 from tasks.params import ModelConfig
 
 STAGE, VERSION = "model", "1"
@@ -101,7 +109,8 @@ def _build(folder: Path, config: ModelConfig) -> None:
     write_model_info(folder, model, spec, str(model_dir))
 
 
-@task(name="load-model", cache_key_fn=cache_key_fn(STAGE, VERSION, _extra), **CACHED_TASK_OPTIONS)
+@task(name="load-model", cache_key_fn=cache_key_fn(STAGE, VERSION, _extra),
+      **{**CACHED_TASK_OPTIONS, **RETRY_OPTIONS}, retry_condition_fn=transient_failure)
 def prepare_model(config: ModelConfig) -> dict[str, Any]:
     """Resolve and fingerprint the model (cached by the model file's digest and the load options)."""
     config = ModelConfig.model_validate(config)

@@ -33,5 +33,8 @@ class RunOptions(BaseModel):
         "Wall-clock budget of the unlearning loop; it stops cleanly after the step that crosses it "
         "(Prefect timeouts cannot interrupt a running task). Part of the unlearning cache key, since stopping "
         "early changes the checkpoint. None = no budget."))
+    checkpoint_every: int | None = Field(10, ge=1, description=(
+        "Save the unlearning state (trainable tensors + optimizer, safetensors/JSON) every N steps; a rerun after a "
+        "crash or kill resumes from the last one and ends bit-identical on CPU. Not part of any cache key. None = off."))
     judge_model: str | None = Field(None, description=(
         "Model spec of the LLM judge, needed when the evaluation's judges include 'llm' (e.g. a larger local model)."))

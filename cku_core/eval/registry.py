@@ -40,7 +40,8 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     if name in DATASETS:
         return DATASETS[name]
     if name.startswith(("hf:", "pkg:", "builtin:")) or "/" in name or "." in name:
-        return DatasetSpec(name=name, source=name, kind="harmful")
+        # A user's own file: prompt/response columns, and every row must be complete (strict).
+        return DatasetSpec(name=name, source=name, kind="harmful", response_field="response", strict=True)
     raise ConfigError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))} (or give a source string)")
 
 

@@ -54,6 +54,9 @@ class DatasetSpec(BaseModel):
     choices_field: str | None = Field(None, description="MC only: column with the list of answer choices.")
     answer_field: str | None = Field(None, description="MC only: column with the index of the right choice.")
     where: dict[str, list[str]] = Field(default_factory=dict, description="Keep rows whose column value is listed.")
+    strict: bool = Field(False, description=(
+        "Refuse a row with an empty prompt (or an empty response, when the response column exists) instead of "
+        "skipping it; on for files given by path, off for the curated registered sets."))
 
 
 @dataclass(frozen=True)
@@ -157,12 +160,66 @@ def load_rows(spec: DatasetSpec) -> tuple[datasets.Dataset, str, str | None]:
     if not path.is_file():
         raise DataError(f"data file {path} (from {spec.source!r}) does not exist; check the path or reinstall its wheel")
     fmt = _file_format(path, spec.format)
-    if fmt in ("yaml", "mmlu_cot"):
-        rows = _yaml_rows(path) if fmt == "yaml" else _mmlu_cot_rows(path)
-        return datasets.Dataset.from_list(rows), str(path), version
-    builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}[fmt]
-    ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty; give a {fmt} file with a header/keys and at least one row")
+    if fmt != "parquet":
+        _check_utf8(path)
+    try:
+        with _quiet_datasets():
+            if fmt in ("yaml", "mmlu_cot"):
+                rows = _yaml_rows(path) if fmt == "yaml" else _mmlu_cot_rows(path)
+                return datasets.Dataset.from_list(rows), str(path), version
+            builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}[fmt]
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - parser errors of every format end in the same advice
+        if "corresponds to no data" in str(exc):
+            raise DataError(f"data file {path} has no rows; add at least one record") from None
+        cause = exc.__cause__ or exc.__context__
+        if type(exc).__name__ == "DatasetGenerationError" and cause is not None:
+            exc = cause  # the parser's own error says where the file is malformed
+        raise DataError(f"cannot read data file {path} as {fmt} ({type(exc).__name__}: {_first_line(exc)}); "
+                        f"check that it is well-formed {fmt} with one row per record") from None
     return ds, str(path), version
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a text data file that is not UTF-8, naming the first bad byte (read in chunks)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                raise DataError(f"data file {path} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+                                f"{offset + exc.start}); re-save it as UTF-8") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+class _quiet_datasets:
+    """No progress bars or parser log lines from `datasets` while loading (errors become one DataError)."""
+
+    def __enter__(self) -> None:
+        self._bars_off = datasets.are_progress_bars_disabled()
+        self._level = datasets.logging.get_verbosity()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+
+    def __exit__(self, *exc: object) -> None:
+        datasets.logging.set_verbosity(self._level)
+        if not self._bars_off:
+            datasets.enable_progress_bars()
 
 
 def _text(value: Any) -> str | None:
@@ -176,13 +233,20 @@ def to_records(spec: DatasetSpec, ds: datasets.Dataset) -> list[DataRecord]:
     missing = [f for f in (spec.prompt_field, *spec.where) if f not in ds.column_names]
     if missing:
         raise DataError(f"data set {spec.name!r} has no column(s) {missing}; its columns are {ds.column_names}")
+    check_response = spec.strict and spec.response_field is not None and spec.response_field in ds.column_names
     records = []
     for index, row in enumerate(ds):
         if any(str(row.get(col)) not in allowed for col, allowed in spec.where.items()):
             continue
         prompt = _text(row[spec.prompt_field])
+        if prompt is None and spec.strict:
+            raise DataError(f"data set {spec.name!r}: row {index + 1} has an empty prompt ({spec.prompt_field!r}); "
+                            "fill it in or delete the row")
         if prompt is None:
             continue
+        if check_response and _text(row.get(spec.response_field)) is None:
+            raise DataError(f"data set {spec.name!r}: row {index + 1} has an empty response ({spec.response_field!r}); "
+                            "fill it in, delete the row, or drop the column to have the model answer every prompt")
         rid = _text(row.get(spec.id_field)) if spec.id_field else None
         choices = row.get(spec.choices_field) if spec.choices_field else None
         answer = row.get(spec.answer_field) if spec.answer_field else None
