@@ -357,7 +357,10 @@ def load_model(
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # A per-load "Loading weights" bar for a model that loads in a second drowns the stage bars.
+    hf_logging.disable_progress_bar()
     src = _as_source(spec)
     torch_dtype = resolve_dtype(dtype)
     if src.kind == "gguf":

@@ -167,7 +167,8 @@ def check_writable_dir(root: Path, what: str, hint: str, error: type[CKUError] =
 # ---------------------------------------------------------------------------------------- a run
 
 def preflight_run(*, model: Any, data: Any = None, scoring: Any = None, mask: Any = None, unlearn: Any = None,
-                  method: str | None = None, methods: Sequence[str] | None = None, band: Sequence[int] | None = None,
+                  method: str | None = None, methods: Sequence[str] | None = None,
+                  method_overrides: dict[str, dict[str, Any]] | None = None, band: Sequence[int] | None = None,
                   bands: Sequence[Sequence[int] | None] | None = None, checkpoint: str | None = None,
                   artifact_root: str | os.PathLike[str] | None = None,
                   results_root: str | os.PathLike[str] | None = None) -> ModelFacts:
@@ -199,17 +200,35 @@ def preflight_run(*, model: Any, data: Any = None, scoring: Any = None, mask: An
     check_layers(band, n, "band")
     for i, b in enumerate(bands or []):
         check_layers(b, n, f"bands[{i}]")
-    if method is not None or methods:
+    names = ([method] if method is not None else []) + list(methods or [])
+    if names:
         from cku_core.methods import get_method
 
-        for name in ([method] if method is not None else []) + list(methods or []):
+        for name in names:
             get_method(name)
-    if None not in (method, band, scoring, unlearn, mask, n):
+    if method_overrides:
+        from pydantic import ValidationError
+
+        from cku_core.config import UnlearnConfig
+
+        unknown = sorted(set(method_overrides) - set(names))
+        if unknown:
+            raise ConfigError(f"method_overrides names methods that are not run: {unknown}; use some of {names}")
+        base = unlearn.model_dump() if unlearn is not None else {}
+        for name, fields in method_overrides.items():
+            try:
+                UnlearnConfig.model_validate({**base, **fields})
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise ConfigError(f"method_overrides.{name}: {problems}") from None
+    if band is not None and None not in (scoring, unlearn, mask, n):
         from cku_core.adapters import default_layers
         from cku_core.methods import method_configs
 
-        _u, s_cfg, m_cfg = method_configs(method, unlearn, scoring, mask)
-        if s_cfg is not None and m_cfg is not None:
+        for name in names:
+            _u, s_cfg, m_cfg = method_configs(name, unlearn, scoring, mask)
+            if s_cfg is None or m_cfg is None:
+                continue  # a method without a mask trains the band directly
             available = s_cfg.layers if s_cfg.layers is not None else default_layers(n)
             missing = sorted(set(band) - set(available))
             if missing:

@@ -13,7 +13,8 @@ from typing import Any
 from cku_core.preflight import preflight_run
 
 # Flow parameters that preflight_run understands (every flow passes the subset it has).
-_CHECKED = ("model", "data", "scoring", "mask", "unlearn", "method", "methods", "band", "bands", "checkpoint")
+_CHECKED = ("model", "data", "scoring", "mask", "unlearn", "method", "methods", "method_overrides", "band", "bands",
+            "checkpoint")
 
 
 def preflight_flow(flow: Any, params: dict[str, Any]) -> None:

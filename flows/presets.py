@@ -28,9 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # lr 1e-3: with NLR 0.8 only 20% of the band's units move, so CKU needs a larger step than
         # full-band GA to forget as much (calibrated on this model: held-out harmful NLL 1.26 -> ~1.9).
         "unlearn": {"lr": 1e-3, "steps": 16, "batch_size": 4, "max_length": 256},
-        "evaluation": {"n_eval_prompts": 12, "n_over_refusal": 12, "n_benign": 16, "n_mc": 32,
-                       "max_new_tokens": 32, "batch_size": 16,
-                       "decoding_grid": [{"temperature": 0.7}, {"temperature": 1.0, "top_k": 20}]},
+        "evaluation": {"n_eval_prompts": 10, "n_over_refusal": 12, "n_benign": 16, "n_mc": 32,
+                       "max_new_tokens": 32, "batch_size": 16, "decoding_grid": [{"temperature": 1.0, "top_k": 20}]},
         "methods": ["original", "cku", "ga", "cku_random"],
         # GA moves every unit of the band: lr 5e-5 brings its held-out harmful NLL to about CKU's.
         "method_overrides": {"ga": {"lr": 5e-5}},

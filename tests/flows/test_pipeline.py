@@ -4,7 +4,6 @@ failed run is visible as failed in the results store."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -14,20 +13,6 @@ from flows.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("prefect_local")
 STAGES = ["model", "data", "reference", "examples", "scores", "mask", "checkpoint", "evaluation"]
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("pipeline")
-    return base / "artifacts", base / "results"
-
-
-@pytest.fixture
-def env(roots: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[ArtifactStore, ResultsStore]:
-    """One artifact/results root shared by the tests of this module (they build on each other)."""
-    monkeypatch.setenv("CKU_ARTIFACT_ROOT", str(roots[0]))
-    monkeypatch.setenv("CKU_RESULTS_ROOT", str(roots[1]))
-    return ArtifactStore(roots[0]), ResultsStore(roots[1])
 
 
 def run_tiny(**overrides: object) -> dict:
@@ -122,7 +107,7 @@ def test_cli_run_with_unknown_parameter(capsys: pytest.CaptureFixture[str]) -> N
     from flows.cli import main
 
     assert main(["run", "--preset", "tiny", "--set", "mask_nlr=0.5"]) == 2
-    assert capsys.readouterr().err.startswith("error: unknown parameter(s) mask_nlr for flow cku-pipeline")
+    assert capsys.readouterr().err.startswith("error: unknown parameter(s) mask_nlr for flow compare-baselines")
 
 
 def test_long_stages_publish_progress_artifacts(env: tuple[ArtifactStore, ResultsStore]) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -12,19 +11,6 @@ from cku_core.store import ArtifactStore
 from flows.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("prefect_local")
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("sweep")
-    return base / "artifacts", base / "results"
-
-
-@pytest.fixture
-def env(roots: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[ArtifactStore, ResultsStore]:
-    monkeypatch.setenv("CKU_ARTIFACT_ROOT", str(roots[0]))
-    monkeypatch.setenv("CKU_RESULTS_ROOT", str(roots[1]))
-    return ArtifactStore(roots[0]), ResultsStore(roots[1])
 
 
 def test_nlr_sweep_scores_neurons_once(env: tuple[ArtifactStore, ResultsStore]) -> None:
