@@ -511,8 +511,8 @@ _SUMMARY_METRICS: tuple[tuple[str, str, str | None, str, str, str], ...] = (
 )
 
 
-def comparison_rows(run_ids: Sequence[str], *, judge: str = "refusal_keyword",
-                    store: ResultsStore | None = None) -> list[dict[str, Any]]:
+def comparison_rows(run_ids: Sequence[str], *, judge: str = "refusal_keyword", store: ResultsStore | None = None,
+                    labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per run (method): ASR per attack family and overall under `judge`, then utility.
 
     Columns: method, asr_<family>..., asr, harmful_nll, perplexity, mc_acc, agreement, over_refusal,
@@ -541,7 +541,7 @@ def comparison_rows(run_ids: Sequence[str], *, judge: str = "refusal_keyword",
             return next((m["value"] for m in mine if m["metric"] == metric and m["judge"] == j and m["attack"] == attack
                          and m["family"] == family and m["subset"] == subset), None)
 
-        row: dict[str, Any] = {"method": mine[0]["method"]}
+        row: dict[str, Any] = {"method": (labels or {}).get(run_id, mine[0]["method"])}
         row.update({f"asr_{f}": pick("asr", "*", "all", f, "harmful") for f in families})
         row.update({col: pick(*spec) for col, *spec in _SUMMARY_METRICS})
         rows.append(row)

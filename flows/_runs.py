@@ -75,21 +75,23 @@ def record_failure(flow: Any, run: Any, state: Any) -> None:
     ResultsStore().write_rows("runs", str(run.id), "failed", [row])
 
 
-def publish_comparison(run_id: str, method_run_ids: list[str], judge: str = "refusal_keyword") -> list[dict[str, Any]]:
-    """The methods side by side: a table artifact and a markdown report (with the ASR-vs-utility plot)
-    in the Prefect UI, and the rows returned for the terminal."""
-    import tempfile
-    from pathlib import Path
-
+def publish_comparison(run_id: str, method_run_ids: list[str], judge: str = "refusal_keyword",
+                       labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The methods (or sweep points, named by `labels`) side by side: a table artifact and a markdown
+    report with the ASR-vs-utility plot in the Prefect UI (the PNG also goes to the artifact root's
+    `reports/` folder), and the rows returned for the terminal."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from cku_core.results import comparison_markdown, comparison_plot, comparison_rows
 
-    rows = comparison_rows(method_run_ids, judge=judge)
+    from cku_core.store import ArtifactStore
+
+    rows = comparison_rows(method_run_ids, judge=judge, labels=labels)
     rounded = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     create_table_artifact(rounded, key="cku-comparison", description=f"Methods compared (ASR by the {judge} judge)")
-    with tempfile.TemporaryDirectory() as tmp:
-        png = comparison_plot(rows, Path(tmp) / "asr_vs_utility.png")
-        markdown = comparison_markdown(rounded, judge=judge, plot_png=png.read_bytes() if png else None)
+    png = comparison_plot(rows, ArtifactStore().root / "reports" / f"{run_id}-asr_vs_utility.png")
+    markdown = comparison_markdown(rounded, judge=judge, plot_png=png.read_bytes() if png else None)
+    if png:
+        markdown += f"\n\nPlot file: `{png}`"
     create_markdown_artifact(markdown, key="cku-report", description=f"Comparison report of run {run_id}")
     return rounded

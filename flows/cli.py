@@ -245,6 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """The paper's NLR and layer-band analyses on the default model (preset smollm2)."""
+    if args.preset is None and args.config is None:
+        args.preset = "smollm2"
     return _run_flow("flows.sweep", "cku_sweep", args)
 
 

@@ -33,6 +33,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": ["original", "cku", "ga", "cku_random"],
         # GA moves every unit of the band: lr 5e-5 brings its held-out harmful NLL to about CKU's.
         "method_overrides": {"ga": {"lr": 5e-5}},
+        # `cku sweep`: the paper's two analyses on this 30-layer model, the NLR sweep in the default
+        # band (8-12) and the band sweep at NLR 0.8 (early / early-middle / middle / late).
+        "design": "paper",
+        "nlrs": [0.0, 0.2, 0.5, 0.8, 0.95],
+        "bands": [[8, 9, 10, 11, 12], [3, 4, 5, 6, 7], [13, 14, 15, 16, 17], [23, 24, 25, 26, 27]],
+        "objectives": ["hinge_ga"],
     },
 }
 

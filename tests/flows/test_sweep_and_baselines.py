@@ -46,3 +46,17 @@ def test_compare_baselines_publishes_a_table(env: tuple[ArtifactStore, ResultsSt
     assert {a.type for a in arts} == {"table", "markdown"}
     report = next(a for a in arts if a.type == "markdown")
     assert "data:image/png;base64," in report.data and "| method |" in report.data
+
+
+def test_paper_design_runs_the_two_analyses(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    from flows.sweep import cku_sweep, grid
+
+    points = grid([0.0, 0.8], [[1], [2], [3]], ["hinge_ga"], "paper")
+    assert points == [(0.0, [1], "hinge_ga"), (0.8, [1], "hinge_ga"), (0.8, [2], "hinge_ga"), (0.8, [3], "hinge_ga")]
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if k != "mask"}
+    tiny["scoring"] = {**tiny["scoring"], "layers": [1, 2]}
+    out = cku_sweep(**tiny, nlrs=[0.5, 0.8], bands=[[1], [2]], objectives=["hinge_ga"], design="paper")
+    assert [r["method"] for r in out["table"]] == ["nlr=0.5 layers=1-1 hinge_ga", "nlr=0.8 layers=1-1 hinge_ga",
+                                                    "nlr=0.8 layers=2-2 hinge_ga"]
+    store, _ = env
+    assert list((store.root / "reports").glob(f"{out['run_id']}-asr_vs_utility.png"))
