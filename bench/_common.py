@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+RESULTS = Path(os.environ.get("CKU_BENCH_RESULTS", REPO / "bench" / "results"))  # tests point it elsewhere
 SMOLLM2_FOLDER = REPO / "artifacts" / "bench-model" / "smollm2-135m-instruct"
 
 if str(REPO) not in sys.path:
@@ -59,7 +59,7 @@ def write_results(name: str, figures: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({**figures, "machine": machine()}, indent=2, default=str) + "\n")
-    print(f"wrote {path.relative_to(REPO)}", flush=True)
+    print(f"wrote {path}", flush=True)
     return path
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from _common import load_model, median, verdict, write_results
@@ -88,8 +87,8 @@ def main() -> None:
         "tokens_per_s_runs": {str(b): tps[b] for b in sizes},
         "seconds_median": {str(b): median(secs[b]) for b in sizes},
         "generated_tokens": {str(b): tokens[b][0] for b in sizes},
-        "speedup_vs_batch_%d" % base: {str(b): median(per_round[b]) for b in sizes},
-        "greedy_agreement_with_batch_%d" % base: {str(b): agreement[b] for b in sizes},
+        f"speedup_vs_batch_{base}": {str(b): median(per_round[b]) for b in sizes},
+        f"greedy_agreement_with_batch_{base}": {str(b): agreement[b] for b in sizes},
         "target": {"name": f"batch {best} tokens/s >= {TARGET_SPEEDUP}x batch {base}", "value": speedup,
                    "verdict": verdict(speedup, TARGET_SPEEDUP, higher_is_better=True)},
     }

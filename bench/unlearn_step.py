@@ -123,9 +123,36 @@ def memory_child(name: str, tiny: bool) -> None:
     mask = build_mask(model, tokenizer, retain, ScoringConfig(n_samples=8), MaskConfig(nlr=0.8))
     import gc
     gc.collect()
+    reset = reset_peak_rss()  # loading and scoring peaked higher than a CKU step may: not theirs to count
     base = current_rss_mib()
     run_variant(name, model, tokenizer, forget, retain, mask, variants(0.8).get(name, {"mask": None}))
-    print(json.dumps({"variant": name, "peak_above_model_mib": peak_rss_mib() - base, "model_rss_mib": base}))
+    peak = status_mib("VmHWM") if reset else peak_rss_mib()
+    print(json.dumps({"variant": name, "peak_above_model_mib": peak - base, "model_rss_mib": base,
+                      "peak_reset": reset}))
+
+
+def reset_peak_rss() -> bool:
+    """Give freed heap back to the OS and restart the kernel's peak-RSS counter (VmHWM) here.
+
+    Without it the peak of a child is max(load + scoring, step), and glibc keeps freed arenas in the
+    RSS `base` is read from. Linux: `echo 5 > /proc/self/clear_refs` resets VmHWM.
+    """
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def status_mib(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def current_rss_mib() -> float:

@@ -28,7 +28,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # lr 1e-3: with NLR 0.8 only 20% of the band's units move, so CKU needs a larger step than
         # full-band GA to forget as much (calibrated on this model: held-out harmful NLL 1.26 -> ~1.9).
         "unlearn": {"lr": 1e-3, "steps": 16, "batch_size": 4, "max_length": 256},
-        "evaluation": {"n_eval_prompts": 10, "n_over_refusal": 12, "n_benign": 16, "n_mc": 32,
+        # Every attack family; the persona family uses the short DAN template (the PyRIT AIM one is
+        # ~450 tokens, which triples the cost of a CPU evaluation). Full suite: evaluation.attacks.
+        "evaluation": {"attacks": ["direct", "prefix_injection", "refusal_suppression", "persona_short",
+                                   "nested_fiction", "json_wrapper", "base64", "prefill_sure", "decoding_grid"],
+                       "n_eval_prompts": 10, "n_over_refusal": 12, "n_benign": 16, "n_mc": 32,
                        "max_new_tokens": 32, "batch_size": 16, "decoding_grid": [{"temperature": 1.0, "top_k": 20}]},
         "methods": ["original", "cku", "ga", "cku_random"],
         # GA moves every unit of the band: lr 5e-5 brings its held-out harmful NLL to about CKU's.
