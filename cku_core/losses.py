@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -30,11 +32,32 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return total / mask.sum(1).clamp_min(1), total
 
 
+@dataclass(frozen=True)
+class ReferenceTokens:
+    """The original model's next-token distribution at the response positions, reduced to what
+    KL(p_ref || p) needs: probabilities [N, V] and the constant sum of p log p. Keeping these instead
+    of the reference logits and log-probs cuts the regularizer's extra memory to one [N, V] tensor."""
+
+    probs: torch.Tensor
+    sum_p_log_p: torch.Tensor
+    n_tokens: int
+
+
+@torch.no_grad()
+def reference_tokens(ref_logits: torch.Tensor, labels: torch.Tensor) -> ReferenceTokens:
+    ref_logits, _, mask = shift(ref_logits, labels)
+    logp = F.log_softmax(ref_logits[mask].float(), -1)
+    probs = logp.exp()
+    return ReferenceTokens(probs, (probs * logp).sum(), int(mask.sum()))
+
+
+def token_kl_to(reference: ReferenceTokens, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over response tokens of KL(p_ref || p) = sum p_ref log p_ref - sum p_ref log p."""
+    _, _, mask = shift(logits, labels)
+    logp = F.log_softmax(logits[:, :-1][mask].float(), -1)
+    return (reference.sum_p_log_p - (reference.probs * logp).sum()) / max(reference.n_tokens, 1)
+
+
 def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over response tokens of KL(p_ref || p) over the full vocabulary."""
-    ref_logits, _, mask = shift(ref_logits, labels)
-    logits = logits[:, :-1, :]
-    ref_logp = F.log_softmax(ref_logits.float(), -1)
-    logp = F.log_softmax(logits.float(), -1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp_min(1)
+    return token_kl_to(reference_tokens(ref_logits, labels), logits, labels)

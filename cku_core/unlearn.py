@@ -31,7 +31,7 @@ from cku_core.data import Example, collate, encode_examples, pad_id
 from cku_core.device import autocast, resolve_device, to_device
 from cku_core.errors import DataError, InvariantError
 from cku_core.fingerprint import update_with_tensor
-from cku_core.losses import sequence_nll
+from cku_core.losses import reference_tokens, sequence_nll
 from cku_core.masks import RetainedSet
 from cku_core.objectives import OBJECTIVES, REGULARIZERS, ForgetOutputs
 from cku_core.scoring import resolve_layers
@@ -290,13 +290,14 @@ def _step(model: nn.Module, forget: dict, retain: dict | None, objective, regula
     """Forward/backward of one step; returns (loss, harm, reg, forget NLL). Harm and reg are
     back-propagated one after the other so their logits are never in memory together."""
     inputs = lambda b: {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}  # noqa: E731
-    ref_nll_sum = ref_logits = None
+    ref_nll_sum = ref_tokens = None
     if objective.needs_reference or (regularizer and regularizer.needs_reference):
         with original.swapped_in(), autocast(device, config.precision):
             if objective.needs_reference:
                 ref_nll_sum = sequence_nll(model(**inputs(forget)).logits, forget["labels"])[1]
             if regularizer and regularizer.needs_reference:
-                ref_logits = model(**inputs(retain)).logits
+                # Reduced at once: the full reference logits never stay in memory next to the policy's.
+                ref_tokens = reference_tokens(model(**inputs(retain)).logits, retain["labels"])
     with autocast(device, config.precision):
         nll_mean, nll_sum = sequence_nll(model(**inputs(forget)).logits, forget["labels"])
     harm = objective.fn(ForgetOutputs(nll_mean, nll_sum, ref_nll_sum),
@@ -307,7 +308,7 @@ def _step(model: nn.Module, forget: dict, retain: dict | None, objective, regula
     if regularizer:
         with autocast(device, config.precision):
             logits = model(**inputs(retain)).logits
-        reg = regularizer.fn(logits, retain["labels"], ref_logits)
+        reg = regularizer.fn(logits, retain["labels"], ref_tokens)
         (config.beta * reg).backward()
         reg_value = float(reg.detach())
     harm_value = float(harm.detach())

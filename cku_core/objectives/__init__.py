@@ -2,7 +2,8 @@
 
 The total loss of a step is `loss = harm + beta * reg` (see cku_core.unlearn). A forget objective
 sees per-example NLLs of the harmful responses (and the original model's, if it asks for them);
-a regularizer sees the logits on useful data (and the original model's, if it asks for them).
+a regularizer sees the logits on useful data (and the original model's next-token distribution
+at the response positions, `cku_core.losses.ReferenceTokens`, if it asks for it).
 """
 
 from __future__ import annotations

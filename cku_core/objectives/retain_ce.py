@@ -7,6 +7,6 @@ from cku_core.objectives import register_regularizer
 
 
 @register_regularizer("retain_ce")
-def retain_ce(logits: torch.Tensor, labels: torch.Tensor, ref_logits: None = None) -> torch.Tensor:
+def retain_ce(logits: torch.Tensor, labels: torch.Tensor, reference: None = None) -> torch.Tensor:
     nll_mean, _ = sequence_nll(logits, labels)
     return nll_mean.mean()
