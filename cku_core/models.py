@@ -275,7 +275,7 @@ def _check_causal_config(folder: Path, trust_remote_code: bool):
         if isinstance(exc, OSError) or "Expecting" in msg:  # unreadable file / malformed JSON
             raise ModelLoadError(f"cannot read '{folder / 'config.json'}' ({msg}); re-save the model folder") from None
         if "trust_remote_code" in str(exc):
-            raise ModelLoadError(f"model '{folder}' needs custom code; pass trust_remote_code=True only if you "
+            raise ModelLoadError(f"model '{folder}' needs custom code; turn trust_remote_code on only if you "
                                  "trust its source") from None
         raise NotCausalLMError(f"cannot read the config of '{folder}' ({msg}); it is not a model type this "
                                "transformers version knows") from None
