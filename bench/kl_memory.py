@@ -1,24 +1,27 @@
-"""Experiment for target 2 (kl_ref peak memory <= 1.15 x plain fine-tuning): a leaner `token_kl`.
+"""Target 2 (kl_ref run peak memory <= 1.15 x plain fine-tuning of the same scope), measured precisely.
 
-    python bench/kl_memory.py            # SmolLM2, same batches as bench/unlearn_step.py (4 x 128 tokens)
-    python bench/kl_memory.py --tiny     # smoke check
+    python bench/kl_memory.py                # SmolLM2, same batches as bench/unlearn_step.py (4 x 128 tokens)
+    python bench/kl_memory.py --tiny         # smoke check
 
-`cku_core.losses.token_kl` keeps five vocabulary-sized tensors alive at once on every position of
-the retain batch (ref log-probs, their exp, current log-probs, the difference, the product; autograd
-saves two of them). The lean version, patched in here only (the library is unchanged):
-  - reference log-probs under no_grad (nothing of the reference is saved for backward),
-  - only response positions (the mask is applied before the softmax, not after),
-  - `F.kl_div(logp, ref_logp, log_target=True)`: one fused elementwise op, whose backward needs
-    only the reference log-probs that are alive anyway.
-Each variant runs in its own subprocess (peak RSS reset after loading and scoring, as in
-bench/unlearn_step.py); per-step time is taken there too. The KL values of both versions are
-compared on one batch first. Writes bench/results/kl_memory.json.
+Variants, each in its own subprocess, round-robin over `--repeats`:
+  plain_finetune_same_scope  ga + retain_ce, no mask (the baseline of target 2)
+  kl_ref                     CKU as the library does it now: the reference pass is reduced at once to
+                             probabilities at response positions (`cku_core.losses.reference_tokens`)
+  kl_ref_full_logits         the previous formulation, patched in here only: the reference logits stay
+                             alive for the whole step and KL is taken over every position with five
+                             vocabulary-sized temporaries (`ref_logp.exp() * (ref_logp - logp)`)
+Peak memory: the children run with MALLOC_MMAP_THRESHOLD_=65536, so every tensor buffer is its own
+mmap and goes back to the OS when freed (glibc otherwise keeps freed heap, and RSS peaks then depend
+on fragmentation: +-10% run to run); the kernel's peak-RSS counter is reset after loading and scoring.
+Figures: medians. The KL values of both formulations are compared on one batch first.
+Writes bench/results/kl_memory.json (kl_memory_tiny.json with --tiny).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,19 +37,26 @@ from cku_core.data import encode_examples, iter_batches, pad_id
 from cku_core.methods import build_mask
 from cku_core.unlearn import unlearn
 
+DETERMINISTIC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
-def token_kl_lean(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+
+def token_kl_full_logits(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """cku_core.losses.token_kl before commit b79f7f7."""
     ref_logits, _, mask = losses.shift(ref_logits, labels)
-    with torch.no_grad():
-        ref_logp = F.log_softmax(ref_logits[mask].float(), -1)
-    logp = F.log_softmax(logits[:, :-1, :][mask].float(), -1)
-    return F.kl_div(logp, ref_logp, log_target=True, reduction="sum") / mask.sum().clamp_min(1)
+    logits = logits[:, :-1, :]
+    ref_logp = F.log_softmax(ref_logits.float(), -1)
+    logp = F.log_softmax(logits.float(), -1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
-def patch(lean: bool) -> None:
-    if lean:
-        import cku_core.objectives.kl_ref as kl_mod
-        kl_mod.token_kl = token_kl_lean
+def patch_full_logits() -> None:
+    """Make unlearn() keep the raw reference logits and use the full-vocabulary, all-position KL."""
+    import cku_core.objectives.kl_ref as kl_mod
+    import cku_core.unlearn as un
+
+    un.reference_tokens = lambda ref_logits, labels: ref_logits
+    kl_mod.token_kl_to = lambda ref_logits, logits, labels: token_kl_full_logits(ref_logits, logits, labels)
 
 
 def child(variant: str, tiny: bool) -> None:
@@ -54,7 +64,8 @@ def child(variant: str, tiny: bool) -> None:
     model, tokenizer = us.load(tiny)
     forget, retain = us.toy_data(tokenizer)
     mask = build_mask(model, tokenizer, retain, ScoringConfig(n_samples=8), MaskConfig(nlr=0.8))
-    patch(variant == "kl_ref_lean")
+    if variant == "kl_ref_full_logits":
+        patch_full_logits()
     base_cfg = {"lr": 1e-5, "steps": 4, "batch_size": us.BATCH, "max_length": us.TOKENS, "require_change": False}
     cfg = UnlearnConfig(**base_cfg) if variant.startswith("kl_ref") else \
         UnlearnConfig(**base_cfg, objective="ga", regularizer="retain_ce")
@@ -67,7 +78,8 @@ def child(variant: str, tiny: bool) -> None:
             on_step=lambda s: stamps.append(s.seconds))
     peak = us.status_mib("VmHWM") if reset else us.peak_rss_mib()
     steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    print(json.dumps({"variant": variant, "peak_above_model_mib": peak - base, "step_s": median(steps)}))
+    print(json.dumps({"variant": variant, "peak_above_model_mib": peak - base, "step_s": median(steps),
+                      "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}))
 
 
 def same_values(tiny: bool) -> dict[str, float]:
@@ -77,11 +89,12 @@ def same_values(tiny: bool) -> dict[str, float]:
     with torch.no_grad():
         ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     cur = (ref + 0.05 * torch.randn_like(ref)).requires_grad_(True)
-    a = losses.token_kl(ref, cur, b["labels"])
+    a = token_kl_full_logits(ref, cur, b["labels"])
     (ga,) = torch.autograd.grad(a, cur)
-    lean = token_kl_lean(ref, cur, b["labels"])
-    (gl,) = torch.autograd.grad(lean, cur)
-    return {"kl_current": float(a.detach()), "kl_lean": float(lean.detach()), "max_abs_grad_diff": float((ga - gl).abs().max())}
+    now = losses.token_kl_to(losses.reference_tokens(ref, b["labels"]), cur, b["labels"])
+    (gn,) = torch.autograd.grad(now, cur)
+    return {"kl_full_logits": float(a.detach()), "kl_library": float(now.detach()),
+            "max_abs_grad_diff": float((ga - gn).abs().max())}
 
 
 def main() -> None:
@@ -95,13 +108,14 @@ def main() -> None:
         return
     check = same_values(args.tiny)
     print(f"same loss: {check}", flush=True)
-    names = ["plain_finetune_same_scope", "kl_ref_current", "kl_ref_lean"]
+    names = ["plain_finetune_same_scope", "kl_ref", "kl_ref_full_logits"]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.repeats):
         for n in names:
             cmd = [sys.executable, __file__, "--child", n] + (["--tiny"] if args.tiny else [])
             t0 = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, **DETERMINISTIC_MALLOC)).stdout.strip().splitlines()[-1]
             runs[n].append(json.loads(out))
             print(f"repeat {r + 1}: {n}: {runs[n][-1]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     mem = {n: median([x["peak_above_model_mib"] for x in runs[n]]) for n in names}
@@ -110,10 +124,12 @@ def main() -> None:
         "model": "tiny-llama" if args.tiny else "SmolLM2-135M-Instruct (fp32)",
         "batch": f"{us.BATCH} forget + {us.BATCH} retain x {us.TOKENS} tokens", "repeats": args.repeats,
         "equivalence": check, "peak_mib_above_model": mem, "step_s": step, "runs": runs,
+        "allocator": DETERMINISTIC_MALLOC,
         "ratios": {
-            "kl_ref_current_vs_plain_memory (target <= 1.15)": mem["kl_ref_current"] / mem["plain_finetune_same_scope"],
-            "kl_ref_lean_vs_plain_memory (target <= 1.15)": mem["kl_ref_lean"] / mem["plain_finetune_same_scope"],
-            "kl_ref_lean_vs_current_step_time": step["kl_ref_lean"] / step["kl_ref_current"],
+            "kl_ref_vs_plain_memory (target <= 1.15)": mem["kl_ref"] / mem["plain_finetune_same_scope"],
+            "kl_ref_full_logits_vs_plain_memory (before b79f7f7)":
+                mem["kl_ref_full_logits"] / mem["plain_finetune_same_scope"],
+            "kl_ref_vs_full_logits_step_time": step["kl_ref"] / step["kl_ref_full_logits"],
         },
     }
     print(json.dumps(figures["ratios"], indent=2))
