@@ -79,8 +79,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cku_core.results import ResultsStore, render_report
 
     out: Path | None = args.out
-    plot = out.with_name(out.stem + "-asr-utility.png") if out else None
-    markdown = render_report(args.run, store=ResultsStore(args.results_root), plot_path=plot)
+    if args.matched:  # a cku-matched run: curves, matched levels and verdicts instead of one run's metrics
+        from cku_core.analysis.matched_report import render_matched_report
+
+        plot = out.with_name(out.stem + "-curves.png") if out else None
+        markdown = render_matched_report(args.run, store=ResultsStore(args.results_root), plot_path=plot)
+    else:
+        plot = out.with_name(out.stem + "-asr-utility.png") if out else None
+        markdown = render_report(args.run, store=ResultsStore(args.results_root), plot_path=plot)
     if out is None:
         sys.stdout.write(markdown)
         return 0
@@ -215,10 +221,13 @@ def _run_flow(module: str, name: str, args: argparse.Namespace) -> int:
     from flows.preflight import preflight_flow
 
     preflight_flow(flow, params)  # bad model/data/layers/roots: one line, before a run or artifact exists
-    state = flow(**params, return_state=True)
-    if not state.is_completed():
-        raise _failure(state)
-    result = state.result()
+    from tasks.storage import shared_result_storage
+
+    with shared_result_storage():  # object-store artifact root: Prefect's cache records go there too
+        state = flow(**params, return_state=True)
+        if not state.is_completed():
+            raise _failure(state)
+        result = state.result()
     if isinstance(result, dict) and result.get("table"):
         print(format_table(list(result["table"][0]), [tuple(r.values()) for r in result["table"]], 14))
     if isinstance(result, dict) and "run_id" in result:
@@ -251,12 +260,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return _run_flow("flows.sweep", "cku_sweep", args)
 
 
+def cmd_matched(args: argparse.Namespace) -> int:
+    """Methods (or NLR points / layer bands) compared at matched forgetting (preset smollm2-matched)."""
+    if args.preset is None and args.config is None:
+        args.preset = "smollm2-matched"
+    return _run_flow("flows.matched", "cku_matched", args)
+
+
+def cmd_relearn(args: argparse.Namespace) -> int:
+    """The relearning attack: fine-tune each method's unlearned model for k steps, measure after each k."""
+    if args.preset is None and args.config is None:
+        args.preset = "smollm2"
+    return _run_flow("flows.relearn", "cku_relearn", args)
+
+
 # ------------------------------------------------------------------ parser
+def _root(text: str) -> str:
+    """A root option: an object-store URL as given (s3://bucket/prefix), a folder made absolute."""
+    from cku_core.remote import is_remote
+
+    return text if is_remote(text) else str(Path(text).absolute())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cku", description="Constrained Knowledge Unlearning as a Prefect workflow.")
-    parser.add_argument("--results-root", type=Path, default=None,
+    parser.add_argument("--results-root", type=_root, default=None,
                         help="results folder (default: $CKU_RESULTS_ROOT or ./results)")
-    parser.add_argument("--artifact-root", type=Path, default=None,
+    parser.add_argument("--artifact-root", type=_root, default=None,
                         help="artifact folder for runs (default: $CKU_ARTIFACT_ROOT or ./artifacts)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -277,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="markdown report of one run (id, id prefix or name)")
     p.add_argument("run")
     p.add_argument("--out", type=Path, default=None, help="write the markdown here (and the ASR-vs-utility PNG beside it)")
+    p.add_argument("--matched", action="store_true",
+                   help="RUN is a `cku matched` run: report its forgetting-utility curves and verdicts (PNG: <out>-curves.png)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("server", help="start the local Prefect server and UI (127.0.0.1, analytics off)")
@@ -285,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_server)
 
     for name, func, text in (("run", cmd_run, "run the CKU pipeline once"),
-                             ("sweep", cmd_sweep, "run the NLR x layer band x objective sweep")):
+                             ("sweep", cmd_sweep, "run the NLR x layer band x objective sweep"),
+                             ("matched", cmd_matched, "compare methods, NLRs or layer bands at matched forgetting "
+                                                      "(LR grid x seeds per point)"),
+                             ("relearn", cmd_relearn, "relearning attack: how fast unlearned knowledge comes back "
+                                                      "under k fine-tuning steps")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default=None, help="named parameter set from flows/presets.py (e.g. tiny)")
         p.add_argument("--config", type=Path, default=None, help="YAML/JSON file of flow parameters")
@@ -297,11 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Without PREFECT_API_URL, Prefect starts a temporary server from this environment: offline,
+    # its telemetry job would log a "Failed to send telemetry" error every few minutes.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # Roots travel as environment variables so flow and task processes see the same folders.
     if args.results_root is not None:
-        os.environ["CKU_RESULTS_ROOT"] = str(args.results_root.absolute())
+        os.environ["CKU_RESULTS_ROOT"] = str(args.results_root)
     if args.artifact_root is not None:
-        os.environ["CKU_ARTIFACT_ROOT"] = str(args.artifact_root.absolute())
+        os.environ["CKU_ARTIFACT_ROOT"] = str(args.artifact_root)
     try:
         return args.func(args)
     except CKUError as exc:
