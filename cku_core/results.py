@@ -11,6 +11,12 @@ and every SQL query goes through an in-memory DuckDB connection whose views read
 `read_parquet(..., hive_partitioning=true, union_by_name=true)`. Nothing is ever locked, and a
 crashed writer leaves at most a hidden temporary file that no view reads.
 
+The root may be an object-store URL (`CKU_RESULTS_ROOT=s3://bucket/prefix`): a part is then written
+to a local temporary file and uploaded with one PUT (an object appears whole or not at all, the same
+guarantee the rename gives locally), and the views read the parts in place through DuckDB's fsspec
+integration (`register_filesystem`; the httpfs extension would need a download). Writers on any
+number of hosts never touch each other's objects, so no row is lost.
+
 `run_id` comes from the folder name (hive partitioning), never from the file, so a part cannot
 disagree with its folder. Every row also gets `recorded_at`; the `runs` view shows one row per run
 with each column's latest non-null value (a run writes a row when it starts and one when it ends or
@@ -35,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cku_core.errors import CKUError
+from cku_core.remote import RemoteRoot, RemoteStorageError, is_remote
 from cku_core.version import CODE_VERSION
 
 ROOT_ENV = "CKU_RESULTS_ROOT"
@@ -100,6 +107,9 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("family", "str", "Attack or data family (template family, data set), if any."),
         Column("subset", "str", "What the value is over: harmful, over_refusal, benign, mc, harmful_reference, all."),
         Column("n", "int", "Number of prompts/samples the value is computed over."),
+        Column("relearn_step", "int", "Relearning attack: fine-tuning steps k done before the measurement (0 = none); "
+                                      "null for other metrics."),
+        Column("relearn_data", "str", "Relearning attack: what it fine-tuned on (forget | benign); null otherwise."),
         *_PROVENANCE,
     ),
     "generations": (
@@ -227,14 +237,24 @@ class ResultsStore:
     """Append-only results under one root; see the module docstring for the layout."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = resolve_root(root)
+        chosen = root if root is not None else os.environ.get(ROOT_ENV)
+        self.remote: RemoteRoot | None = None
+        if is_remote(chosen):
+            try:
+                self.remote = RemoteRoot.open(str(chosen), f"{ROOT_ENV} or --results-root")
+            except RemoteStorageError as exc:
+                raise ResultsError(str(exc)) from None
+            self.root: Path | str = self.remote.url
+        else:
+            self.root = resolve_root(chosen)
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
 
     # -------------------------------------------------------------- writing
-    def write_rows(self, table: str, run_id: str, stage: str, rows: Iterable[Mapping[str, Any]]) -> Path | None:
-        """Write one immutable Parquet part for (table, run, stage); returns its path (None if no rows).
+    def write_rows(self, table: str, run_id: str, stage: str,
+                   rows: Iterable[Mapping[str, Any]]) -> Path | str | None:
+        """Write one immutable Parquet part for (table, run, stage); returns its path or URL (None if no rows).
 
         A row's own `run_id`, if present, must equal `run_id` (the folder is the source of truth).
         """
@@ -247,6 +267,9 @@ class ResultsStore:
             if row.get("run_id") not in (None, run_id):
                 raise ResultsError(f"a row for table {table!r} names run {row['run_id']!r} but is written for {run_id!r}")
         arrow = rows_to_table(table, rows)
+        if self.remote is not None:
+            return self._upload_part(arrow, f"{table}/run_id={run_id}/part-{stage}-{uuid.uuid4().hex}.parquet")
+        assert isinstance(self.root, Path)
         folder = self.root / table / f"run_id={run_id}"
         part = folder / f"part-{stage}-{uuid.uuid4().hex}.parquet"
         tmp = folder / f".{part.name}.tmp"  # hidden and not *.parquet: no view ever reads it
@@ -260,6 +283,24 @@ class ResultsStore:
                                f"check that {self.root} is writable (or set {ROOT_ENV})") from exc
         return part
 
+    def _upload_part(self, arrow: pa.Table, rel: str) -> str:
+        """One PUT per part: the object store shows it whole or not at all (no rename needed)."""
+        import tempfile
+
+        assert self.remote is not None
+        with tempfile.TemporaryDirectory(prefix="cku-results-") as tmp:
+            local = Path(tmp) / "part.parquet"
+            try:
+                pq.write_table(arrow, local)
+            except OSError as exc:
+                raise ResultsError(f"cannot stage a results part in {tmp}: {exc.strerror or exc}; "
+                                   "free space in the temporary folder (TMPDIR)") from exc
+            try:
+                self.remote.upload(local, rel)
+            except RemoteStorageError as exc:
+                raise ResultsError(f"cannot write results: {exc}") from None
+        return self.remote.url_of(rel)
+
     # -------------------------------------------------------------- reading
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with one view per table (read access to the root only).
@@ -269,18 +310,41 @@ class ResultsStore:
         locked, a second line of defence behind `query`'s statement check.
         """
         con = duckdb.connect(":memory:")
+        if self.remote is not None:
+            snapshot, filled = self._remote_snapshot()
+            con.register_filesystem(snapshot.fs)  # read_parquet('s3://...') through fsspec
+        else:
+            filled = {table for table in TABLES if any((Path(self.root) / table).glob("run_id=*/*.parquet"))}
         for table in TABLES:
             source = "runs_history" if table == "runs" else table
-            con.execute(f"CREATE VIEW {source} AS {self._table_sql(table)}")
+            con.execute(f"CREATE VIEW {source} AS {self._table_sql(table, table in filled)}")
         con.execute(f"CREATE VIEW runs AS {_latest_runs_sql()}")
-        con.execute(f"SET allowed_directories = [{_sql_str(str(self.root) + os.sep)}]")
+        allowed = f"{self.root}/" if self.remote is not None else str(self.root) + os.sep
+        con.execute(f"SET allowed_directories = [{_sql_str(allowed)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         return con
 
-    def _table_sql(self, table: str) -> str:
-        folder = self.root / table
-        if any(folder.glob("run_id=*/*.parquet")):
+    def _remote_snapshot(self) -> tuple[RemoteRoot, set[str]]:
+        """A file system for one connection whose listing cache holds every part, from one LIST.
+
+        Without it DuckDB's reads through fsspec cost several HEAD requests per part (about 5x slower
+        on 60 parts). The connection sees the parts that existed when it was opened: a consistent
+        snapshot; the next connection lists again.
+        """
+        assert self.remote is not None
+        try:
+            snapshot = RemoteRoot.open(self.remote.url, self.remote.env_hint, use_listings_cache=True,
+                                       skip_instance_cache=True)
+            parts = snapshot.listing("")
+        except RemoteStorageError as exc:
+            raise ResultsError(f"cannot read results: {exc}") from None
+        filled = {rel.split("/", 1)[0] for rel in parts if rel.endswith(".parquet") and "/run_id=" in f"/{rel}"}
+        return snapshot, filled
+
+    def _table_sql(self, table: str, has_parts: bool) -> str:
+        folder = f"{self.root}/{table}"
+        if has_parts:
             pattern = _sql_str(f"{folder}/**/*.parquet")
             return (f"SELECT run_id, * EXCLUDE (run_id) FROM read_parquet({pattern}, hive_partitioning = true,"
                     " union_by_name = true, hive_types = {'run_id': 'VARCHAR'})")
@@ -562,8 +626,12 @@ def comparison_markdown(rows: list[dict[str, Any]], *, judge: str = "refusal_key
 
 
 def comparison_plot(rows: list[dict[str, Any]], path: Path, utility: str = "perplexity") -> Path | None:
-    """ASR (y) against a utility column (x), one labelled point per method; None without matplotlib."""
-    points = [(r["method"], r.get(utility), r.get("asr")) for r in rows if r.get(utility) is not None and r.get("asr") is not None]
+    """ASR (y) against a utility column (x), and against forgetting (harmful NLL) when recorded.
+
+    Points are numbered and named in a legend: sweep labels are long and nearby points overlap,
+    so labels written next to the points would be unreadable. None without matplotlib.
+    """
+    points = [r for r in rows if r.get(utility) is not None and r.get("asr") is not None]
     if not points:
         return None
     try:
@@ -573,13 +641,20 @@ def comparison_plot(rows: list[dict[str, Any]], path: Path, utility: str = "perp
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for method, x, y in points:
-        ax.scatter(x, y)
-        ax.annotate(method, (x, y), textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel(f"{utility} (benign)")
-    ax.set_ylabel("ASR (lower is safer)")
-    ax.set_title("ASR vs utility")
+    panels = [(utility, f"{utility} (benign, lower is better)")]
+    if all(r.get("harmful_nll") is not None for r in points):
+        panels.append(("harmful_nll", "harmful NLL (held-out, higher = more forgotten)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 3, 4.5), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (column, label) in zip(axes[0], panels):
+        for i, r in enumerate(points):
+            ax.scatter(r[column], r["asr"], color=colors(i % 10), s=40, label=f"{i + 1}. {r['method']}")
+            ax.annotate(str(i + 1), (r[column], r["asr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("ASR (lower is safer)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    fig.suptitle("ASR vs utility and forgetting")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
