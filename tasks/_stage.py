@@ -10,6 +10,8 @@ The same key names the stage's artifact folder, so a Prefect cache hit is only u
 artifact is still on disk and verifies: otherwise the key function first drops Prefect's result
 record for that key (a record without its artifact must never be served), so the task recomputes,
 rewrites the artifact and records its result under the same key: the next identical run is Cached.
+With an object-store artifact root the check costs one GET and one LIST (no download), and the
+records live on the same object store (tasks/storage.py), where a stale one is deleted the same way.
 """
 
 from __future__ import annotations
@@ -92,7 +94,15 @@ def cache_key_fn(stage: str, version: str, extra: ExtraInputs | None = None
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:
         key = stage_key(stage, version, parameters, extra)
         prefect_key = f"cku-{stage}-v{version}-{key}"
-        if ArtifactStore().get(stage, key) is None:
+        store = ArtifactStore()
+        if store.remote is not None:
+            intact, digest = store.check(stage, key), None
+        else:
+            artifact = store.get(stage, key)  # what `check` does locally, keeping the manifest
+            intact, digest = artifact is not None, artifact.manifest.content_digest() if artifact else None
+        # A record that points at other content (the artifact was recomputed by another run after a
+        # crash, say) would hand downstream stages a reference they refuse: drop it too.
+        if not intact or (digest is not None and _recorded_digest(context, prefect_key) not in (None, digest)):
             drop_result_record(context, prefect_key)
         return prefect_key
 
@@ -100,27 +110,58 @@ def cache_key_fn(stage: str, version: str, extra: ExtraInputs | None = None
     return key_fn
 
 
-def drop_result_record(context: Any, prefect_key: str) -> None:
-    """Delete Prefect's persisted result for `prefect_key`, so the lookup misses and the task runs.
-
-    Prefect has no public delete for result records; `_resolved_key_path` is how its own store maps
-    a key to a path (Prefect 3.x). Non-local result storage keeps its record: the task then still
-    finds the artifact missing inside its body and recomputes it (see `tasks.*` get_or_put).
-    """
-    import os
-
+def _recorded_digest(context: Any, prefect_key: str) -> str | None:
+    """The content digest of the artifact a persisted result record refers to (None: no record)."""
     from prefect.results import get_result_store
 
     store = getattr(context, "result_store", None) or get_result_store()
     try:
-        path = store._resolved_key_path(prefect_key)
-    except Exception:  # noqa: BLE001 - unknown storage: nothing to delete here
-        return
-    if os.path.isabs(path):
+        value = store.read(prefect_key).result
+    except Exception:  # noqa: BLE001 - no record (or an unreadable one): nothing to compare
+        return None
+    ref = value.get("ref") if isinstance(value, dict) else None
+    return ref.get("content_digest") if isinstance(ref, dict) else None
+
+
+def drop_result_record(context: Any, prefect_key: str) -> None:
+    """Delete Prefect's persisted result for `prefect_key`, so the lookup misses and the task runs.
+
+    Prefect has no public delete for result records; `_resolve_path` is how its storage blocks map
+    a key to a location (Prefect 3.x): a local file, or an object under a RemoteFileSystem's
+    basepath. Both the result storage and, if a cache policy sets one, the metadata storage are
+    cleaned, and the in-memory copy too.
+    """
+    from prefect.results import get_result_store
+
+    store = getattr(context, "result_store", None) or get_result_store()
+    for storage in (getattr(store, "result_storage", None), getattr(store, "metadata_storage", None)):
+        location = _delete_record(storage, prefect_key)
+        if location is not None:
+            store.cache.pop(location, None)
+    store.cache.pop(prefect_key, None)
+
+
+def _delete_record(storage: Any, prefect_key: str) -> str | None:
+    """Remove one record from a LocalFileSystem or RemoteFileSystem block; its location, or None."""
+    import os
+
+    resolve = getattr(storage, "_resolve_path", None)
+    if resolve is None:
+        return None  # no storage, or a kind this function does not know: nothing to delete
+    try:
+        location = str(resolve(prefect_key))
+    except Exception:  # noqa: BLE001 - a key the storage refuses cannot have a record there
+        return None
+    if os.path.isabs(location):
         from pathlib import Path
 
-        Path(path).unlink(missing_ok=True)
-        store.cache.pop(path, None)
+        Path(location).unlink(missing_ok=True)
+    elif (fs := getattr(storage, "filesystem", None)) is not None and "://" in location:
+        try:
+            fs.rm_file(location)
+        except FileNotFoundError:
+            pass
+    return location
 
 
 class StageOutput(BaseModel):

@@ -34,13 +34,12 @@ def test_key_changes_with_content_config_and_version(store: ArtifactStore) -> No
 
 
 class _FakeResultStore:
-    """Stands in for Prefect's ResultStore: records are files under `root`."""
+    """Stands in for Prefect's ResultStore (its storage fields only): records are files under `root`."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.cache = root, {}
+        from prefect.filesystems import LocalFileSystem
 
-    def _resolved_key_path(self, key: str) -> str:
-        return str(self.root / key)
+        self.result_storage, self.metadata_storage, self.cache = LocalFileSystem(basepath=str(root)), None, {}
 
 
 def test_cache_key_fn_drops_prefect_records_whose_artifact_is_gone(store: ArtifactStore, tmp_path: Path) -> None:
@@ -65,3 +64,66 @@ def test_cache_key_fn_drops_prefect_records_whose_artifact_is_gone(store: Artifa
     assert fn(context, params) == prefect_key
     assert not record.exists()            # corrupt: quarantined and the record dropped, so it recomputes
     assert (store.quarantine_dir / "mask").is_dir()
+
+
+class _ReadableResultStore(_FakeResultStore):
+    """Also reads a record back, as Prefect's ResultStore.read does: the stage output it holds."""
+
+    def __init__(self, root: Path, value: dict) -> None:
+        super().__init__(root)
+        self.value = value
+
+    def read(self, key: str):  # noqa: ANN201 - mimics prefect.results.ResultStore.read
+        from types import SimpleNamespace
+
+        if not (Path(self.result_storage.basepath) / key).exists():
+            raise ValueError("no record")
+        return SimpleNamespace(result=self.value)
+
+
+def test_cache_key_fn_drops_records_that_point_at_rewritten_content(store: ArtifactStore, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    params = {"config": MaskConfig(nlr=0.8)}
+    key = stage_key("mask", "1", params)
+    prefect_key = f"cku-mask-v1-{key}"
+    old = output("mask", store.put_files("mask", key, {"f": b"old"}, stage_version="1").ref(), 1.0, version="1")
+    fn = cache_key_fn("mask", "1")
+    record = tmp_path / prefect_key
+
+    record.write_text("result")
+    assert fn(SimpleNamespace(result_store=_ReadableResultStore(tmp_path, old)), params) == prefect_key
+    assert record.exists()                # the record matches the artifact: served
+
+    store.discard("mask", key)
+    store.put_files("mask", key, {"f": b"new"}, stage_version="1")   # recomputed elsewhere after a crash
+    assert fn(SimpleNamespace(result_store=_ReadableResultStore(tmp_path, old)), params) == prefect_key
+    assert not record.exists()            # it points at the old content: dropped, so the task re-runs
+
+
+def test_cache_key_fn_drops_stale_records_in_remote_result_storage(s3, monkeypatch) -> None:  # noqa: ANN001
+    """Object-store roots: the check is against the bucket's artifact, the record deleted from the bucket."""
+    from types import SimpleNamespace
+
+    from prefect.filesystems import RemoteFileSystem
+
+    monkeypatch.setenv("CKU_ARTIFACT_ROOT", s3.url("art"))
+    params = {"config": MaskConfig(nlr=0.8)}
+    key = stage_key("mask", "1", params)
+    prefect_key = f"cku-mask-v1-{key}"
+    storage = RemoteFileSystem(basepath=s3.url("art/.prefect-results"),
+                               settings={"endpoint_url": s3.endpoint, "use_listings_cache": False})
+    context = SimpleNamespace(result_store=SimpleNamespace(result_storage=storage, metadata_storage=None, cache={}))
+    record = f"{s3.bucket}/art/.prefect-results/{prefect_key}"
+    fs, fn = s3.fs(), cache_key_fn("mask", "1")
+
+    fs.pipe_file(record, b"stale")
+    assert fn(context, params) == prefect_key and not fs.exists(record)   # no artifact in the bucket
+
+    ArtifactStore().put_files("mask", key, {"mask.safetensors": b"abc"}, stage_version="1")
+    fs.pipe_file(record, b"result")
+    assert fn(context, params) == prefect_key and fs.exists(record)       # intact: the hit is served
+
+    [obj] = [p for p in fs.find(f"{s3.bucket}/art/mask/{key}") if p.endswith("mask.safetensors")]
+    fs.rm_file(obj)                                                       # an object lost in the bucket
+    assert fn(context, params) == prefect_key and not fs.exists(record)
