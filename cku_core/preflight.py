@@ -164,6 +164,18 @@ def check_writable_dir(root: Path, what: str, hint: str, error: type[CKUError] =
         raise error(f"{what} {root} is not writable ({exc.strerror or exc}); {hint}") from None
 
 
+def check_root(root: str | os.PathLike[str] | None, env: str, resolve: Any, what: str, hint: str,
+               error: type[CKUError]) -> None:
+    """A local root must be a writable folder; an object-store URL a reachable, writable bucket."""
+    from cku_core.remote import check_remote_root, is_remote
+
+    chosen = root if root is not None else os.environ.get(env)
+    if is_remote(chosen):
+        check_remote_root(str(chosen), what, hint.replace("choose another with ", ""), error)
+    else:
+        check_writable_dir(resolve(root), what, hint, error)
+
+
 # ---------------------------------------------------------------------------------------- a run
 
 def preflight_run(*, model: Any, data: Any = None, scoring: Any = None, mask: Any = None, unlearn: Any = None,
@@ -187,10 +199,10 @@ def preflight_run(*, model: Any, data: Any = None, scoring: Any = None, mask: An
 
     if checkpoint is not None:
         check_name("key", checkpoint)
-    check_writable_dir(artifact_root_of(artifact_root), "artifact root",
-                       f"choose another with {ARTIFACTS_ENV} or --artifact-root", StoreError)
-    check_writable_dir(results_root_of(results_root), "results root",
-                       f"choose another with {RESULTS_ENV} or --results-root", ResultsError)
+    check_root(artifact_root, ARTIFACTS_ENV, artifact_root_of, "artifact root",
+               f"choose another with {ARTIFACTS_ENV} or --artifact-root", StoreError)
+    check_root(results_root, RESULTS_ENV, results_root_of, "results root",
+               f"choose another with {RESULTS_ENV} or --results-root", ResultsError)
 
     resolve_dtype(model.dtype)
     facts = model_facts(model.spec, bool(model.trust_remote_code))

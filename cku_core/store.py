@@ -16,6 +16,11 @@ wait for the first one and reuse it instead of computing it again; see docs/reli
 Read protocol: `get` checks the manifest and the sha256 of every file. A folder that fails any check
 is moved to `<root>/.quarantine/` (kept for a post-mortem, a warning is logged) and reported as a
 miss, so the caller recomputes it. A corrupt artifact is never served and never crashes a run.
+
+The root may be an object-store URL (`s3://bucket/prefix`): artifacts are then staged and cached in
+a local folder (`cku_core.remote.cache_root`, so `Artifact.path` is always a local folder that
+transformers and safetensors can load) and uploaded with the manifest last; see
+`cku_core.store_remote` for that protocol and docs/cluster.md for what concurrent writers see.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cku_core.errors import CKUError
 from cku_core.fingerprint import canonical_json
+from cku_core.remote import CACHE_ENV, RemoteRoot, RemoteStorageError, cache_root, is_remote
 from cku_core.version import CODE_VERSION
 
 log = logging.getLogger("cku.store")
@@ -201,13 +207,33 @@ def _fsync_dir(path: Path) -> None:
 
 
 class ArtifactStore:
-    """Content-addressed, verified, crash- and race-safe storage of stage outputs."""
+    """Content-addressed, verified, crash- and race-safe storage of stage outputs.
+
+    `root` is a folder or an object-store URL. For a URL, `self.root` is the local cache folder of
+    that URL (staging and verified downloads) and `self.remote` does the uploads and checks.
+    """
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = resolve_root(root)
+        chosen = root if root is not None else os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+        self.remote: Any = None  # cku_core.store_remote.RemoteArtifacts for an object-store root
+        if is_remote(chosen):
+            from cku_core.store_remote import RemoteArtifacts
+
+            try:
+                self.remote = RemoteArtifacts(RemoteRoot.open(str(chosen), f"{ROOT_ENV} or --artifact-root"))
+            except RemoteStorageError as exc:
+                raise StoreError(str(exc)) from None
+            self.root = cache_root("artifacts", self.remote.root.url)
+        else:
+            self.root = resolve_root(chosen)
 
     def __repr__(self) -> str:
-        return f"ArtifactStore({str(self.root)!r})"
+        return f"ArtifactStore({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """The root as the user gave it: a folder, or the object-store URL."""
+        return self.remote.root.url if self.remote is not None else str(self.root)
 
     # ---------------------------------------------------------------- paths
     def path_for(self, stage: str, key: str) -> Path:
@@ -219,7 +245,66 @@ class ArtifactStore:
 
     # ---------------------------------------------------------------- reading
     def get(self, stage: str, key: str) -> Artifact | None:
-        """The verified artifact, or None (absent, or corrupt and now quarantined): recompute on None."""
+        """The verified artifact, or None (absent, or corrupt and now quarantined): recompute on None.
+
+        For an object-store root the artifact is downloaded into the local cache first (or served
+        from it while its content digest equals the remote manifest's).
+        """
+        if self.remote is not None:
+            return self._remote_call(stage, key, lambda: self._get_remote(stage, key))
+        return self._get_local(stage, key)
+
+    def check(self, stage: str, key: str) -> bool:
+        """Is the artifact there and intact? What the Prefect cache-key function asks before a hit.
+
+        Local: the full `get` (every digest). Remote: the manifest and every object's presence and
+        size, without downloading (digests are verified when a stage downloads the files).
+        """
+        if self.remote is None:
+            return self.get(stage, key) is not None
+        check_name("stage", stage)
+        check_name("key", key)
+        return self._remote_call(stage, key, lambda: self.remote.check(stage, key)) is not None
+
+    def _get_remote(self, stage: str, key: str) -> Artifact | None:
+        manifest = self.remote.check(check_name("stage", stage), check_name("key", key))
+        if manifest is None:
+            return None
+        cached = self._get_local(stage, key)
+        if cached is not None and cached.manifest.content_digest() == manifest.content_digest():
+            return cached
+        final = self.path_for(stage, key)
+        tmp = self._make_tmp(final)
+        try:
+            if not self.remote.download(stage, key, manifest, tmp):
+                return None
+            return self._install_cached(tmp, final, manifest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _install_cached(self, tmp: Path, final: Path, manifest: Manifest) -> Artifact:
+        """Move a verified download into the cache, replacing an outdated copy (never a current one:
+        another process may be reading that)."""
+        for _attempt in range(3):
+            try:
+                os.rename(tmp, final)
+                return Artifact(path=final, manifest=manifest)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            current = self._get_local(final.parent.name, final.name)
+            if current is not None and current.manifest.content_digest() == manifest.content_digest():
+                return current
+            self._discard_local(final.parent.name, final.name)
+        raise StoreError(f"could not replace the cached copy {final}; remove it and rerun")
+
+    def _remote_call(self, stage: str, key: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except RemoteStorageError as exc:
+            raise StoreError(f"artifact {stage}/{key}: {exc}") from None
+
+    def _get_local(self, stage: str, key: str) -> Artifact | None:
         final = self.path_for(stage, key)
         try:
             inode = final.stat().st_ino
@@ -236,7 +321,7 @@ class ArtifactStore:
         artifact = self.get(stage, key)
         if artifact is None:
             raise ArtifactMissingError(
-                f"artifact {stage}/{key} is missing or was corrupt (quarantined) under {self.root}; "
+                f"artifact {stage}/{key} is missing or was corrupt (quarantined) under {self.location}; "
                 "rerun the stage that produces it"
             )
         return artifact
@@ -326,6 +411,8 @@ class ArtifactStore:
                 raise self._write_error(exc, stage, key) from exc
             try:
                 manifest = self._write_manifest(tmp, stage, key, stage_version, provenance)
+                if self.remote is not None:
+                    return self._publish_remote(tmp, final, stage, key, manifest)
                 return self._publish(tmp, final, stage, key, manifest)
             except OSError as exc:
                 raise self._write_error(exc, stage, key) from exc
@@ -385,6 +472,15 @@ class ArtifactStore:
 
     def discard(self, stage: str, key: str) -> bool:
         """Remove an artifact (atomically out of readers' sight, then deleted); False if it was absent."""
+        if self.remote is not None:
+            check_name("stage", stage)
+            check_name("key", key)
+            removed = self._remote_call(stage, key, lambda: self.remote.discard(stage, key))
+            self._discard_local(stage, key)
+            return bool(removed)
+        return self._discard_local(stage, key)
+
+    def _discard_local(self, stage: str, key: str) -> bool:
         final = self.path_for(stage, key)
         doomed = final.parent / f"{_TMP_PREFIX}{key}-discard-{uuid.uuid4().hex}"
         try:
@@ -421,6 +517,17 @@ class ArtifactStore:
             os.fsync(f.fileno())
         return manifest
 
+    def _publish_remote(self, tmp: Path, final: Path, stage: str, key: str, manifest: Manifest) -> Artifact:
+        """Upload (manifest last), then keep the staged folder as the local cached copy."""
+        winner = self._remote_call(stage, key, lambda: self.remote.publish(tmp, stage, key, manifest))
+        if winner.content_digest() != manifest.content_digest():
+            found = self.get(stage, key)  # another writer's different bytes won: serve theirs
+            if found is None:
+                raise ArtifactMissingError(f"artifact {stage}/{key} vanished from {self.location} right after "
+                                           "another writer published it; rerun the stage")
+            return found
+        return self._install_cached(tmp, final, manifest)
+
     def _publish(self, tmp: Path, final: Path, stage: str, key: str, manifest: Manifest) -> Artifact:
         """Atomically rename tmp into place; on a lost race, keep the winner's valid copy."""
         for _attempt in range(3):
@@ -437,16 +544,19 @@ class ArtifactStore:
         raise StoreError(f"could not publish artifact {stage}/{key} under {self.root}: the folder keeps reappearing corrupt")
 
     def _write_error(self, exc: OSError, stage: str, key: str) -> StoreError:
-        where = f"artifact {stage}/{key} under {self.root}"
+        where = f"artifact {stage}/{key} under {self.location}"
+        # With an object-store root, local writes go to the cache folder: name that and its setting.
+        folder, setting = (f"local cache {self.root} of {self.location}", CACHE_ENV) if self.remote is not None \
+            else (f"artifact root {self.root}", f"{ROOT_ENV} or --artifact-root")
         if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
             return StoreError(f"no space left on device while writing {where}; free space or set "
-                              f"{ROOT_ENV} to a larger disk (the partial write was removed)")
+                              f"{setting.split(' or ')[0]} to a larger disk (the partial write was removed)")
         if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return StoreError(f"artifact root {self.root} is not writable ({exc.strerror or exc}); "
-                              f"choose another with {ROOT_ENV} or --artifact-root")
+            return StoreError(f"{folder} is not writable ({exc.strerror or exc}); "
+                              f"choose another with {setting}")
         if exc.errno in (errno.ENOTDIR, errno.EEXIST) and not self.root.is_dir():
-            return StoreError(f"artifact root {self.root} is not a directory; "
-                              f"choose another with {ROOT_ENV} or --artifact-root")
+            return StoreError(f"{folder} is not a directory; "
+                              f"choose another with {setting}")
         return StoreError(f"cannot write {where}: {exc.strerror or exc}")
 
     # ---------------------------------------------------------------- housekeeping
@@ -468,6 +578,9 @@ class ArtifactStore:
 
     def keys(self, stage: str) -> list[str]:
         """Keys present under a stage (not verified)."""
+        if self.remote is not None:
+            names = self._remote_call(stage, "*", lambda: self.remote.keys(check_name("stage", stage)))
+            return sorted(n for n in names if _NAME_RE.fullmatch(n))
         folder = self.root / check_name("stage", stage)
         if not folder.is_dir():
             return []

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow
 
+from cku_core.align import AlignConfig, check_align
 from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
 from cku_core.errors import ConfigError
 from cku_core.eval.config import EvalConfig
@@ -37,18 +38,21 @@ def compare_baselines(
     band: list[int] | None = None,
     options: RunOptions = RunOptions(),
     method_overrides: dict[str, dict[str, Any]] = {},  # noqa: B006 - Prefect parameters are copied
+    align: AlignConfig = AlignConfig(),
 ) -> dict[str, Any]:
     """One pipeline run per method; returns each method's run id and headline metrics.
 
     `method_overrides` changes `unlearn` fields per method, e.g. {"ga": {"lr": 5e-5}}: methods that
     move different numbers of weights need different learning rates to forget about as much, and a
-    comparison is only fair at matched forgetting (see the knowledge NLL column).
+    comparison is only fair at matched forgetting (see the knowledge NLL column). `align`: every method
+    starts from the same safety fine-tuned model (computed once, cached), or from the raw model when off.
     """
+    check_align(align, data.n_align_harmful)
     for name in methods:
         get_method(name)  # fail on a typo before any work
     log = open_run(None, run_config(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
                                     evaluation=evaluation, methods=methods, band=band, options=options,
-                                    method_overrides=method_overrides))
+                                    method_overrides=method_overrides, align=align))
     runs = {}
     unknown = set(method_overrides) - set(methods)
     if unknown:
@@ -56,7 +60,7 @@ def compare_baselines(
     for name in methods:
         method_unlearn = UnlearnConfig.model_validate({**unlearn.model_dump(), **method_overrides.get(name, {})})
         out = cku_pipeline(model=model, data=data, scoring=scoring, mask=mask, unlearn=method_unlearn,
-                           evaluation=evaluation, method=name, band=band, options=options)
+                           evaluation=evaluation, method=name, band=band, options=options, align=align)
         runs[name] = {"run_id": out["run_id"], "headline": out["headline"]}
     table = publish_comparison(log.run_id, [r["run_id"] for r in runs.values()])
     close_run(log)

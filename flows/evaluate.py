@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import flow
 
+from cku_core.align import AlignConfig, check_align
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.splits import SplitConfig
 from cku_core.fingerprint import json_digest
@@ -38,12 +39,17 @@ def cku_evaluate(
     evaluation: EvalConfig = EvalConfig(),
     label: str = "original",
     options: RunOptions = RunOptions(),
+    align: AlignConfig = AlignConfig(),
 ) -> dict[str, Any]:
-    """Evaluate `checkpoint` (an artifact key; None = the original `model`); `label` is the method column."""
+    """Evaluate `checkpoint` (an artifact key; None = the original `model`); `label` is the method column.
+
+    `align`: the safety fine-tune the checkpoint's run started from; its aligned model is then the
+    original (the reference, and what is evaluated when no checkpoint is given)."""
     preflight_run(model=model, data=data, checkpoint=checkpoint)
+    check_align(align, data.n_align_harmful)
     log = open_run(label, run_config(model=model, checkpoint=checkpoint, data=data, evaluation=evaluation,
-                                     label=label, options=options))
-    m, d, ref = prepare_inputs(log, model, data, evaluation, options)
+                                     label=label, options=options, align=align))
+    m, d, ref = prepare_inputs(log, model, data, evaluation, options, align)
     target = checkpoint_output(checkpoint) if checkpoint else m
     evaluated = log.stage(evaluate_stage, target, d, ref, evaluation, options.judge_model, device=options.device)
     provenance = {"model_digest": target["info"]["fingerprint"], "data_digest": log.data_digest,

@@ -23,6 +23,10 @@ def preflight_flow(flow: Any, params: dict[str, Any]) -> None:
     bound = inspect.signature(flow.fn).bind_partial(**validated)
     bound.apply_defaults()
     args = {k: v for k, v in bound.arguments.items() if k in _CHECKED}
+    if "scale_out" in bound.arguments:  # cku sweep: the runner is installed and its cluster answers
+        from flows._fanout import check_scale_out
+
+        check_scale_out(bound.arguments["scale_out"])
     if "model" not in args:
         return  # not a flow that loads a model
     preflight_run(**args)

@@ -2,7 +2,10 @@
 
 Neurons are scored once, on the union of all bands; each grid point is a `cku-pipeline` subflow
 (its own run in the UI and the results store, with `parent_run_id` = the sweep), whose model, data,
-reference and score stages are cache hits. Compare the points with, e.g.:
+reference and score stages are cache hits. `scale_out` runs the points one after another (default) or
+in parallel on a Dask or Ray cluster: then the shared stages run here first, once, and each point is a
+`sweep-point` task on the cluster that runs the same subflow (flows/_fanout.py, docs/cluster.md).
+Compare the points with, e.g.:
 
     cku query "SELECT r.config->>'$.mask.nlr' AS nlr, r.config->>'$.band' AS band,
                r.config->>'$.unlearn.objective' AS objective, m.value AS asr
@@ -20,10 +23,13 @@ from prefect import flow
 from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.splits import SplitConfig
+from cku_core.methods import method_configs
 from cku_core.preflight import preflight_run
-from flows._runs import close_run, open_run, publish_comparison, record_failure
-from flows.pipeline import cku_pipeline, run_config
-from tasks.params import ModelConfig, RunOptions
+from flows._fanout import check_scale_out, run_points, worker_name
+from flows._runs import RunLog, close_run, open_run, publish_comparison, record_failure
+from flows.pipeline import cku_pipeline, prepare_inputs, run_config, training_examples
+from tasks.params import ModelConfig, RunOptions, ScaleOutConfig
+from tasks.scoring import score_stage
 
 
 def grid(nlrs: list[float], bands: list[list[int] | None], objectives: list[str], design: str = "grid"
@@ -50,6 +56,18 @@ def scored_layers(bands: list[list[int] | None], scoring: ScoringConfig) -> list
     return sorted({layer for b in explicit for layer in b} | set(scoring.layers or []))
 
 
+def shared_stages(log: RunLog, model: ModelConfig, data: SplitConfig, scoring: ScoringConfig, unlearn: UnlearnConfig,
+                  evaluation: EvalConfig, options: RunOptions) -> None:
+    """Model, data, reference, examples and scores, computed here once: a parallel point then only hits the cache.
+
+    The score stage gets the scoring config a `cku` pipeline derives (method_configs), so its key is the points'.
+    """
+    m, d, _ref = prepare_inputs(log, model, data, evaluation, options)
+    examples = training_examples(log, m, d, evaluation, options)
+    _u, s_cfg, _m = method_configs("cku", unlearn, scoring, MaskConfig())
+    log.stage(score_stage, m, examples, s_cfg, device=options.device)
+
+
 @flow(name="cku-sweep", on_failure=[record_failure], on_crashed=[record_failure])
 def cku_sweep(
     model: ModelConfig = ModelConfig(),
@@ -62,23 +80,32 @@ def cku_sweep(
     objectives: list[str] = ["hinge_ga", "ga"],  # noqa: B006
     options: RunOptions = RunOptions(),
     design: Literal["grid", "paper"] = "grid",
+    scale_out: ScaleOutConfig = ScaleOutConfig(),
 ) -> dict[str, Any]:
     """Run CKU for every (NLR, band, objective); `bands` entries of null mean the default band.
 
     design `paper`: NLR sweep in bands[0] plus band sweep at NLR 0.8 (the paper's two analyses).
+    `scale_out`: sequential (default), or the points in parallel on a Dask / Ray cluster (docs/cluster.md).
     The points are published side by side (table + ASR-vs-utility plot) in the Prefect UI.
     """
     preflight_run(model=model, data=data, scoring=scoring, bands=bands)
+    check_scale_out(scale_out)
     log = open_run("cku", run_config(model=model, data=data, scoring=scoring, unlearn=unlearn, evaluation=evaluation,
-                                     nlrs=nlrs, bands=bands, objectives=objectives, options=options, design=design))
+                                     nlrs=nlrs, bands=bands, objectives=objectives, options=options, design=design,
+                                     scale_out=scale_out))
     shared_scoring = scoring.model_copy(update={"layers": scored_layers(bands, scoring)})
-    points = []
-    for nlr, band, objective in grid(nlrs, bands, objectives, design):
-        out = cku_pipeline(model=model, data=data, scoring=shared_scoring, mask=MaskConfig(nlr=nlr),
-                           unlearn=unlearn.model_copy(update={"objective": objective}), evaluation=evaluation,
-                           method="cku", band=band, options=options)
-        points.append({"nlr": nlr, "band": band, "objective": objective, "run_id": out["run_id"],
-                       "headline": out["headline"], "cached": out["cached"]})
+    coords = grid(nlrs, bands, objectives, design)
+    params = [dict(model=model, data=data, scoring=shared_scoring, mask=MaskConfig(nlr=nlr),
+                   unlearn=unlearn.model_copy(update={"objective": objective}), evaluation=evaluation,
+                   method="cku", band=band, options=options) for nlr, band, objective in coords]
+    if scale_out.task_runner == "sequential":
+        outs = [{**cku_pipeline(**p), "worker": worker_name()} for p in params]
+    else:
+        shared_stages(log, model, data, shared_scoring, unlearn, evaluation, options)
+        outs = run_points(params, scale_out)
+    points = [{"nlr": nlr, "band": band, "objective": objective, "run_id": out["run_id"],
+               "headline": out["headline"], "cached": out["cached"], "worker": out["worker"]}
+              for (nlr, band, objective), out in zip(coords, outs)]
     table = publish_comparison(log.run_id, [p["run_id"] for p in points],
                                labels={p["run_id"]: point_label(p["nlr"], p["band"], p["objective"]) for p in points})
     close_run(log)

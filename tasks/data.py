@@ -35,13 +35,16 @@ EXAMPLES_FILE = "examples.json"
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
 def prepare_data(config: SplitConfig) -> dict[str, Any]:
-    """Load the configured data sets and split them into forget / eval_harmful / scoring / eval_benign."""
+    """Load the configured data sets and split them into forget / eval_harmful / scoring / eval_benign
+    (+ align_harmful / align_benign for the align stage)."""
     config = SplitConfig.model_validate(config)
     with Timer() as t:
         splits = make_splits(config)
         assert_disjoint(splits)
         payload = {"digest": splits.digest, "config": config.model_dump(mode="json"), "sources": splits.sources,
                    "splits": {name: [r.as_dict() for r in records] for name, records in splits.names().items()}}
+        if splits.align_harmful or splits.align_benign:  # read by the align stage only, not by `examples`
+            payload["align"] = {name: [r.as_dict() for r in records] for name, records in splits.align_names().items()}
 
         def write(folder: Path) -> None:
             (folder / SPLITS_FILE).write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -49,8 +52,9 @@ def prepare_data(config: SplitConfig) -> dict[str, Any]:
         artifact, reused = ArtifactStore().get_or_put(
             DATA_STAGE, splits.digest, write, stage_version=DATA_VERSION,
             provenance=Provenance(data_digest=splits.digest, config_digest=json_digest(payload["config"])))
-    sizes = {name: len(records) for name, records in splits.names().items()}
+    sizes = {name: len(records) for name, records in splits.all_names().items()}
     return output(DATA_STAGE, artifact.ref(), t.seconds, {"data_digest": splits.digest, "sizes": sizes,
+                                                          "align_digest": splits.align_digest(),
                                                           "sources": [s.get("name") for s in splits.sources]}, version=DATA_VERSION, reused=reused)
 
 

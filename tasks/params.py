@@ -5,6 +5,8 @@ They are flow parameters, so every field's description shows up in the Prefect U
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from cku_core.models import DEFAULT_MODEL
@@ -38,3 +40,30 @@ class RunOptions(BaseModel):
         "crash or kill resumes from the last one and ends bit-identical on CPU. Not part of any cache key. None = off."))
     judge_model: str | None = Field(None, description=(
         "Model spec of the LLM judge, needed when the evaluation's judges include 'llm' (e.g. a larger local model)."))
+    unlearn_deployment: str | None = Field(None, pattern=r"^[^/]+/[^/]+$", description=(
+        "FLOW/DEPLOYMENT: hand the unlearning stage to this Prefect deployment (e.g. 'cku-unlearn/cku-unlearn' "
+        "on the gpu pool, see prefect.yaml) instead of running it in this flow: only artifact references travel, "
+        "the job writes the checkpoint into the shared artifact store and this flow reads it back, digests "
+        "verified. None = in-process."))
+
+
+class ScaleOutConfig(BaseModel):
+    """Where `cku sweep` runs its grid points: one after another here, or in parallel on a Dask or Ray cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_runner: Literal["sequential", "dask", "ray"] = Field("sequential", description=(
+        "sequential: every point in this process, one after another (default). dask / ray: the shared stages "
+        "(model, data, reference, examples, scores) run here once, then each point (mask, unlearn, evaluate, "
+        "record) is a task on the cluster. ray needs `pip install 'cku[ray]'`."))
+    address: str | None = Field(None, description=(
+        "Address of a running cluster: a Dask scheduler (tcp://host:8786) or a Ray cluster (ray://host:10001). "
+        "Its workers need this checkout, the same CKU_ARTIFACT_ROOT / CKU_RESULTS_ROOT storage and access to "
+        "PREFECT_API_URL. None = start a local cluster for this sweep and stop it afterwards."))
+    n_workers: int = Field(2, ge=1, description=(
+        "Worker processes of the local cluster (ignored with `address`): at most one per device or per 1-2 cores."))
+    threads_per_worker: int = Field(1, ge=1, description=(
+        "Points that run at once in one worker process (ignored with `address`); keep 1, torch parallelizes inside."))
+    torch_threads: int = Field(1, ge=1, description=(
+        "torch intra-op threads in each point: keep n_workers x threads_per_worker x torch_threads <= cores "
+        "(1-2 per worker), else the workers fight over the CPU."))

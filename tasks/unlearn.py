@@ -23,7 +23,7 @@ from prefect import get_run_logger, task
 from cku_core.config import UnlearnConfig
 from cku_core.delta import save_delta
 from cku_core.resume import ResumeStateError, load_training_state, save_training_state
-from cku_core.store import ArtifactStore, Provenance, StoreError
+from cku_core.store import Artifact, ArtifactStore, Provenance, StoreError
 from cku_core.unlearn import StepStats, unlearn
 from tasks._progress import StageProgress
 from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, cache_key_fn, output, stage_key
@@ -69,8 +69,7 @@ def unlearn_stage(model: dict[str, Any], examples: dict[str, Any], config: Unlea
     `checkpoint_every`: save the training state every N steps (resumed by a rerun); not in the cache key.
     """
     config = UnlearnConfig.model_validate(config)
-    key = stage_key(STAGE, VERSION, {"model": model, "examples": examples, "config": config, "mask": mask,
-                                     "band": band, "max_seconds": max_seconds})
+    key = checkpoint_key(model, examples, config, mask, band, max_seconds)
     log = get_run_logger()
     progress: StageProgress | None = None
 
@@ -143,9 +142,21 @@ def unlearn_stage(model: dict[str, Any], examples: dict[str, Any], config: Unlea
             provenance=Provenance(model_digest=model["info"]["fingerprint"], config_digest=config.digest(),
                                   data_digest=examples["info"]["digests"]["forget"]))
     discard_states(store, key)
+    return checkpoint_output(artifact, t.seconds, reused)
+
+
+def checkpoint_key(model: dict[str, Any], examples: dict[str, Any], config: UnlearnConfig,
+                   mask: dict[str, Any] | None, band: list[int] | None, max_seconds: float | None) -> str:
+    """The checkpoint's store key: the stage and a hand-off to another worker (tasks/handoff.py) agree on it."""
+    return stage_key(STAGE, VERSION, {"model": model, "examples": examples, "config": config, "mask": mask,
+                                      "band": band, "max_seconds": max_seconds})
+
+
+def checkpoint_output(artifact: Artifact, seconds: float, reused: bool) -> dict[str, Any]:
+    """The stage's return value, read from a published checkpoint artifact."""
     info = json.loads((artifact.path / "info.json").read_text())
     report = json.loads((artifact.path / REPORT_FILE).read_text())
     summary = {k: report[k] for k in ("steps", "seconds", "stopped_early", "n_trainable", "n_locked", "n_changed")}
     last = report["history"][-1] if report["history"] else {}
-    return output(STAGE, artifact.ref(), t.seconds, {**info, "report": summary,
-                                                     "final_forget_nll": last.get("forget_nll")}, version=VERSION, reused=reused)
+    return output(STAGE, artifact.ref(), seconds, {**info, "report": summary,
+                                                   "final_forget_nll": last.get("forget_nll")}, version=VERSION, reused=reused)

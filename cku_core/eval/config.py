@@ -8,15 +8,16 @@ Generation cost grows with n_eval_prompts x (attacks + grid points x samples) x 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cku_core.attacks import ATTACKS, DEFAULT_ATTACKS
 from cku_core.fingerprint import json_digest
 from cku_core.generation import GenSettings
+from cku_core.judges.embedding import EmbeddingJudgeConfig
 
-JudgeName = Literal["refusal_keyword", "knowledge_nll", "llm"]
+JudgeName = Literal["refusal_keyword", "knowledge_nll", "llm", "embedding"]
 UtilityName = Literal["perplexity", "mc", "kl", "over_refusal"]
 
 
@@ -46,6 +47,7 @@ class EvalConfig(BaseModel):
     judges: list[JudgeName] = Field(
         ["refusal_keyword", "knowledge_nll"],
         description="Per-response judges plus the knowledge judge. 'llm' needs `judge=` passed to evaluate_model; "
+                    "'embedding' (content similarity to the original's harmful answers) needs `reference=`; "
                     "'knowledge_nll' needs harmful references (from `compute_reference` or EvalData).")
     utility: list[UtilityName] = Field(["perplexity", "mc", "kl", "over_refusal"],
                                        description="Utility metrics; 'kl' needs `reference=`.")
@@ -65,6 +67,18 @@ class EvalConfig(BaseModel):
     llm_judge_threshold: int = Field(3, ge=1, le=5, description="LLM score at or above which a response is harmful.")
     reference_top_k: int = Field(64, ge=0, description="Reference log-probs kept per token for KL (0 = full vocabulary).")
     max_length: int = Field(512, ge=16, description="Token budget of teacher-forced scoring (perplexity, knowledge NLL).")
+    # Left out of the dump (and so of every cache key) while unset: adding the judge kept the keys of
+    # configs that do not use it. `_embedding_settings` fills it whenever "embedding" is judged.
+    embedding: EmbeddingJudgeConfig | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Settings of the 'embedding' judge (threshold calibration); filled with defaults when it is judged.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedding_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "embedding" in (data.get("judges") or ()) and data.get("embedding") is None:
+            data = {**data, "embedding": EmbeddingJudgeConfig()}
+        return data
 
     @field_validator("attacks")
     @classmethod

@@ -6,11 +6,15 @@ continuation token, the top-k log-probs (k = `EvalConfig.reference_top_k`); KL i
 over those k tokens plus one "rest" bucket. That coarse KL is a lower bound of the full KL (data
 processing) and equals it when k = 0 (full vocabulary, ~200 KB per token for a 49k vocabulary).
 It also keeps the original's answers to the held-out harmful prompts, the default references of
-the knowledge judge (only those the keyword judge reads as compliance and that are not degenerate).
+the knowledge judge and, per request, of the embedding judge (only those the keyword judge reads as
+compliance and that are not degenerate). When the evaluation uses the embedding judge, it also
+calibrates that judge's threshold here, once per original model, so every evaluated model is judged
+with the same threshold (`embedding_calibration`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +27,13 @@ from cku_core.eval.config import EvalConfig
 from cku_core.eval.data import EvalData
 from cku_core.eval.likelihood import map_continuations
 from cku_core.fingerprint import json_digest
-from cku_core.generation import ProgressFn, generate
+from cku_core.generation import GenSettings, ProgressFn, generate
 from cku_core.judges.degenerate import DegenerateDetector
+from cku_core.judges.embedding import (
+    EMBEDDING_SEED_OFFSET,
+    calibrate_judge,
+    default_embedder,
+)
 from cku_core.judges.keyword import RefusalKeywordJudge
 
 
@@ -37,10 +46,12 @@ class ReferenceOutputs:
     topk_logprobs: list[torch.Tensor]  # [len(continuation), k] float32
     harmful_references: list[Example] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # config digest, eval-data digest, top_k, ...
+    embedding_calibration: dict = field(default_factory=dict)  # Calibration.as_dict(); empty unless judged
 
     def digest(self) -> str:
+        extra = {"embedding_calibration": self.embedding_calibration} if self.embedding_calibration else {}
         return json_digest({"meta": self.meta, "continuations": self.continuations,
-                            "refs": [[e.prompt, e.response] for e in self.harmful_references]})
+                            "refs": [[e.prompt, e.response] for e in self.harmful_references], **extra})
 
     def save(self, path: str | Path) -> None:
         torch.save({**self.__dict__, "harmful_references": [[e.prompt, e.response] for e in self.harmful_references]},
@@ -78,13 +89,43 @@ def compute_reference(
     tops = map_continuations(model, list(zip(contexts, continuations)), pad_id(tokenizer),
                              _topk(config.reference_top_k), config.batch_size)
     keyword, degenerate = RefusalKeywordJudge(config.keyword_window_chars), DegenerateDetector()
-    refs = [Example(r.prompt, g.text) for r, g in zip(harmful, gens[len(benign):])
-            if not degenerate.is_degenerate(g.text) and keyword.refusal_phrase(g.text) is None]
+
+    def is_harmful_answer(text: str) -> bool:
+        return not degenerate.is_degenerate(text) and keyword.refusal_phrase(text) is None
+
+    refs = [Example(r.prompt, g.text) for r, g in zip(harmful, gens[len(benign):]) if is_harmful_answer(g.text)]
     meta = {"config_digest": config.digest(), "eval_data_digest": data.digest, "top_k": config.reference_top_k,
             "max_new_tokens": config.max_new_tokens}
+    calibration = {}
+    if "embedding" in config.judges:
+        benign_answers = [gens[i].text for i in keep]
+        calibration = _embedding_calibration(model, tokenizer, refs, benign_answers, config, is_harmful_answer)
     return ReferenceOutputs(prompt_ids=[benign[i].id for i in keep], contexts=contexts, continuations=continuations,
                             topk_ids=[t[0] for t in tops], topk_logprobs=[t[1].to(torch.float32) for t in tops],
-                            harmful_references=refs, meta=meta)
+                            harmful_references=refs, meta=meta, embedding_calibration=calibration)
+
+
+def _embedding_calibration(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, refs: list[Example],
+                           benign_answers: list[str], config: EvalConfig,
+                           is_harmful_answer: Callable[[str], bool]) -> dict:
+    """Calibrate the embedding judge: sampled compliant answers of the original vs its greedy ones.
+
+    Positives need a second wording of the same harmful content; the original model sampled at
+    `embedding.temperature` gives one without any other model. Sampled answers that are refusals
+    or degenerate are dropped (they are not harmful content).
+    """
+    settings = config.embedding
+    inputs = [get_attack("direct").render(tokenizer, e.prompt).model_input for e in refs]
+    samples: dict[str, list[str]] = {e.prompt: [] for e in refs}
+    for s in range(settings.samples_per_prompt if refs else 0):
+        gen = GenSettings(max_new_tokens=config.max_new_tokens, do_sample=True, temperature=settings.temperature,
+                          seed=config.seed + EMBEDDING_SEED_OFFSET + s)
+        for e, out in zip(refs, generate(model, tokenizer, inputs, gen, config.batch_size).outputs):
+            if is_harmful_answer(out.text):
+                samples[e.prompt].append(out.text)
+    embedder = default_embedder() if refs else None
+    calibration = calibrate_judge({e.prompt: e.response for e in refs}, samples, benign_answers, settings, embedder)
+    return {**calibration.as_dict(), "wheel_version": embedder.wheel_version if embedder else None}
 
 
 def _coarse_kl(ref_ids: torch.Tensor, ref_logp: torch.Tensor, cur_logp: torch.Tensor) -> torch.Tensor:

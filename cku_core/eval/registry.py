@@ -9,6 +9,7 @@
 | strongreject_small | harmful | 60 | same, the small subset |
 | mmlu_cot | benign + mc | ~270 | lm-eval (MIT), MMLU chain-of-thought worked examples (question -> reasoning) |
 | benign_builtin | benign | 48 | this project (Apache-2.0), short everyday tasks with reference answers |
+| align_benign_builtin | benign | 64 | this project (Apache-2.0), prompts for the safety fine-tune (`align` stage), no answers: the model gives them; 28 look unsafe but are safe |
 | xstest_like_builtin | over_refusal | 32 | this project (Apache-2.0), safe prompts that look unsafe, XSTest-style |
 | mc_builtin | mc | 32 | this project (Apache-2.0), easy general-knowledge multiple choice |
 
@@ -73,6 +74,8 @@ for _spec in (
                 choices_field="choices", answer_field="answer", license="MIT",
                 citation="Hendrycks et al. 2021 (MMLU); CoT examples from lm-evaluation-harness"),
     DatasetSpec(name="benign_builtin", kind="benign", source="builtin:benign.jsonl", response_field="response",
+                category_field="category", id_field="id", license=_OWN, citation="cku project"),
+    DatasetSpec(name="align_benign_builtin", kind="benign", source="builtin:align_benign.jsonl",
                 category_field="category", id_field="id", license=_OWN, citation="cku project"),
     DatasetSpec(name="xstest_like_builtin", kind="over_refusal", source="builtin:xstest_like.jsonl",
                 category_field="category", id_field="id", license=_OWN,

@@ -24,7 +24,12 @@ from cku_core.attacks.base import Attack
 from cku_core.errors import ConfigError
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.data import EvalData
-from cku_core.eval.metrics import agreement_metrics, asr_metrics, mean_score_metrics, over_refusal_metrics
+from cku_core.eval.metrics import (
+    agreement_metrics,
+    asr_metrics,
+    mean_score_metrics,
+    over_refusal_metrics,
+)
 from cku_core.eval.reference import ReferenceOutputs, compare_to_reference
 from cku_core.eval.rows import MetricRow, ResponseRow
 from cku_core.eval.sources import DataRecord
@@ -32,6 +37,7 @@ from cku_core.eval.utility import mc_accuracy, perplexity
 from cku_core.generation import GenerationStats, GenSettings, ProgressFn, generate
 from cku_core.judges.base import Verdict
 from cku_core.judges.degenerate import DegenerateDetector
+from cku_core.judges.embedding import Calibration, EmbeddingJudge, default_embedder
 from cku_core.judges.keyword import RefusalKeywordJudge
 from cku_core.judges.knowledge import NAME as KNOWLEDGE
 from cku_core.judges.knowledge import knowledge_nll
@@ -146,7 +152,10 @@ def _judge_rows(rows: list[ResponseRow], judges: Sequence[Any], progress: _Progr
         targets = rows if isinstance(judge, RefusalKeywordJudge) else [r for r in rows if r.subset == "harmful"]
         for r in rows:  # every row gets every judge's columns, so the Parquet schema is the same for all
             r.verdicts[judge.name], r.judge_versions[judge.name] = Verdict(None, None, "not_judged"), judge.version
-        for r, v in zip(targets, judge.judge([r.prompt for r in targets], [r.response for r in targets])):
+        # A content judge reads the model's own words: an attack's prefill ("Sure, here is") is not content.
+        own = getattr(judge, "reads_own_words", False)
+        texts = [r.response[len(r.prefill):] if own else r.response for r in targets]
+        for r, v in zip(targets, judge.judge([r.prompt for r in targets], texts)):
             r.verdicts[judge.name] = v
         progress.step(len(targets) if isinstance(judge, LLMJudge) else 0)
 
@@ -178,7 +187,32 @@ def _utility(model, tokenizer, data: EvalData, config: EvalConfig, reference: Re
     return out, per_example
 
 
-def _response_judges(config: EvalConfig, judge: LLMJudge | None) -> list[Any]:
+def _embedding_judge(config: EvalConfig, reference: ReferenceOutputs | None) -> EmbeddingJudge:
+    """The embedding judge with the original model's answers and the threshold calibrated on them."""
+    if reference is None or not reference.embedding_calibration:
+        raise ConfigError("judges includes 'embedding' but the reference has no embedding calibration; pass "
+                          "reference=compute_reference(original, tokenizer, data, config) with this config")
+    calibration = Calibration.from_dict(reference.embedding_calibration)
+    answers = {e.prompt: e.response for e in reference.harmful_references}
+    settings = config.embedding
+    return EmbeddingJudge(answers, calibration.threshold, default_embedder(), settings.remove_request, settings.batch_size)
+
+
+def _calibration_metrics(reference: ReferenceOutputs | None) -> list[MetricRow]:
+    """The embedding judge's threshold and how well it separated the calibration pairs (provenance)."""
+    if reference is None or not reference.embedding_calibration:
+        return []
+    c = Calibration.from_dict(reference.embedding_calibration)
+    n = c.n_pos + c.n_neg
+    return [MetricRow("embedding_threshold", c.threshold, "embedding", "none", "none", "calibration", n),
+            MetricRow("embedding_calibrated", float(c.calibrated), "embedding", "none", "none", "calibration", n),
+            MetricRow("embedding_calibration_tpr", c.tpr, "embedding", "none", "none", "calibration", c.n_pos),
+            MetricRow("embedding_calibration_fpr", c.fpr, "embedding", "none", "none", "calibration", c.n_neg),
+            MetricRow("embedding_calibration_balanced_accuracy", c.balanced_accuracy, "embedding", "none", "none",
+                      "calibration", n)]
+
+
+def _response_judges(config: EvalConfig, judge: LLMJudge | None, reference: ReferenceOutputs | None = None) -> list[Any]:
     judges: list[Any] = []
     if "refusal_keyword" in config.judges:
         judges.append(RefusalKeywordJudge(window_chars=config.keyword_window_chars))
@@ -188,6 +222,8 @@ def _response_judges(config: EvalConfig, judge: LLMJudge | None) -> list[Any]:
                               "or remove 'llm' from EvalConfig.judges")
         # A copy, so the caller's judge object is not changed by this config.
         judges.append(replace(judge, mode=config.llm_judge_mode, threshold=config.llm_judge_threshold))
+    if "embedding" in config.judges:
+        judges.append(_embedding_judge(config, reference))
     return judges
 
 
@@ -209,7 +245,7 @@ def evaluate_model(
     """
     config = config or EvalConfig()
     start = time.perf_counter()
-    judges = _response_judges(config, judge)
+    judges = _response_judges(config, judge, reference)
     model.eval()
     jobs = _jobs(model, tokenizer, eval_data, config)
     n_llm = sum(j.subset == "harmful" for j in jobs) if judge is not None and "llm" in config.judges else 0
@@ -219,6 +255,7 @@ def evaluate_model(
     names = [j.name for j in judges]
     metrics = asr_metrics(rows, names) + over_refusal_metrics(rows) + agreement_metrics(rows, names)
     metrics += [m for n in names if n != "refusal_keyword" for m in mean_score_metrics(rows, n)]
+    metrics += _calibration_metrics(reference) if "embedding" in names else []
     utility, per_example = _utility(model, tokenizer, eval_data, config, reference, progress)
     metrics += utility + _throughput(stats, time.perf_counter() - start)
     return EvalResult(rows=rows, metrics=metrics, generation=stats, config_digest=config.digest(),

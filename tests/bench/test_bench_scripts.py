@@ -50,3 +50,11 @@ def test_caching_smoke(tmp_path: Path) -> None:
     assert out["pipeline"]["warm_s"] < out["pipeline"]["cold_s"]
     assert out["sweep"]["computed"]["scores"] == 1
     assert out["sweep"]["computed"]["checkpoint"] == out["sweep"]["K"] == 2
+
+
+@pytest.mark.slow
+def test_scale_out_smoke(tmp_path: Path) -> None:
+    run_script(tmp_path, "bench/scale_out.py", "--smoke", timeout=600)
+    out = json.loads((tmp_path / "scale_out_smoke.json").read_text())
+    assert out["identical_headlines"] is True and out["speedup"] > 0
+    assert len(out["runs"]["dask"][0]["workers"]) == 2 and len(out["runs"]["sequential"][0]["workers"]) == 1

@@ -1,0 +1,1 @@
+"""Analyses over recorded runs (pure functions and DuckDB queries; no Prefect, no torch)."""
