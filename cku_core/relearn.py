@@ -27,12 +27,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from cku_core.adapters import MLPAdapter
-from cku_core.attacks import ATTACKS
 from cku_core.config import StageConfig
 from cku_core.data import Example, collate, encode_examples, pad_id
 from cku_core.device import autocast, resolve_device, to_device
 from cku_core.errors import DataError
-from cku_core.eval.config import EvalConfig
+from cku_core.eval.config import EvalConfig, known_attacks
 from cku_core.eval.data import EvalData
 from cku_core.eval.reference import ReferenceOutputs
 from cku_core.losses import sequence_nll
@@ -69,10 +68,7 @@ class RelearnConfig(StageConfig):
     @field_validator("attacks")
     @classmethod
     def _known_attacks(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in ATTACKS]
-        if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
-        return names
+        return known_attacks(names)
 
 
 Measure = Callable[[nn.Module], list[dict[str, Any]]]  # model -> metric rows (MetricRow.as_dict())

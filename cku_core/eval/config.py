@@ -21,6 +21,14 @@ JudgeName = Literal["refusal_keyword", "knowledge_nll", "llm", "embedding"]
 UtilityName = Literal["perplexity", "mc", "kl", "over_refusal"]
 
 
+
+def known_attacks(names: list[str]) -> list[str]:
+    """`names` if every one is a registered attack, else a ValueError listing the known ones."""
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
+    return names
+
 class DecodingPoint(BaseModel):
     """One point of the decoding attack's grid (sampling always on)."""
 
@@ -84,10 +92,7 @@ class EvalConfig(BaseModel):
     @classmethod
     def _known_attacks(cls, names: list[str]) -> list[str]:
         # Fail when the config is built (e.g. in the pipeline's parameters), not minutes into a run.
-        unknown = [n for n in names if n not in ATTACKS]
-        if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
-        return names
+        return known_attacks(names)
 
     def greedy(self) -> GenSettings:
         return GenSettings(max_new_tokens=self.max_new_tokens, seed=self.seed)
