@@ -55,8 +55,12 @@ class AlignConfig(StageConfig):
     enabled: bool = Field(False, description=(
         "Run the align stage: every later stage (reference, scoring, unlearning, evaluation) then starts from "
         "the aligned model. False = use the raw model as it is."))
-    steps: int = Field(30, ge=1, description="Optimizer steps (each one a batch of refusal + benign examples).")
-    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (constant).")
+    # Measured on SmolLM2-135M-Instruct (12 held-out prompts per attack, keyword judge): 10 steps at
+    # 3e-5 refuse every direct request while prefill, many-shot and decoding attacks still get
+    # through (0.92 / 0.92 / 0.67); 30 steps at 1e-4 also closed many template attacks and doubled
+    # benign perplexity. Shallow on purpose: it is the paper's starting point, not a safety product.
+    steps: int = Field(10, ge=1, description="Optimizer steps (each one a batch of refusal + benign examples).")
+    lr: float = Field(3e-5, gt=0, description="AdamW learning rate (constant).")
     batch_size: int = Field(8, ge=1, description="Examples per step, refusal and benign together.")
     refusal_fraction: float = Field(0.5, ge=0, le=1, description=(
         "Share of each batch that is harmful prompt -> refusal; the rest is benign prompt -> the model's own answer. "

@@ -5,8 +5,9 @@
 
 With `align.enabled`, the raw model is first safety fine-tuned (tasks/align.py) and the aligned model
 is "the original" of every later stage: the method starts from a model that refuses direct requests.
-The training examples' missing responses still come from the raw model: its harmful answers are the
-knowledge that alignment hides and unlearning has to remove (the aligned model would only refuse).
+The training examples' missing responses and the knowledge judges' references still come from the
+raw model: its harmful answers are the knowledge that alignment hides and unlearning has to remove
+(the aligned model would only refuse).
 
 Every expensive stage is a cached task keyed by content (tasks/_stage.py), so a rerun, a sweep or
 a baseline comparison only computes what changed. Stages are called directly, one after another:
@@ -55,7 +56,7 @@ def prepare_inputs(log: RunLog, model: ModelConfig, data: SplitConfig, evaluatio
     if align is not None and align.enabled:
         m = {**log.stage(align_stage, m, d, align, device=options.device), "raw_model": m}
     log.model_digest, log.data_digest = m["info"]["fingerprint"], d["info"]["data_digest"]
-    ref = log.stage(reference_stage, m, d, evaluation, device=options.device)
+    ref = log.stage(reference_stage, m, d, evaluation, device=options.device, knowledge_model=m.get("raw_model"))
     return m, d, ref
 
 

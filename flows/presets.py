@@ -25,12 +25,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smollm2": {
         "data": {"n_forget": 32, "n_eval_harmful": 12, "n_scoring": 32, "n_eval_benign": 16,
                  "n_align_harmful": 64, "n_align_benign": 48},
-        # The raw model refuses ~0% of harmful requests; the paper starts from an aligned model. The
-        # safety fine-tune (`align`, preset `smollm2-aligned`) exists but is off here until a recipe
-        # meets its targets. Measured with the recipe below (keyword judge, 10 prompts/attack): direct
-        # ASR 0.9 -> 0.0, prefill 1.0 -> 0.7, every other family 0.0 and benign PPL 11.0 -> 21.1: too
-        # strong. The align split is drawn anyway (last, disjoint), so switching it on reuses the rest.
-        "align": {"enabled": False, "steps": 30, "lr": 1e-4, "batch_size": 8, "max_length": 128},
+        # The raw model refuses ~0% of harmful requests; the paper starts from an aligned model, so
+        # every run starts with the safety fine-tune (`align`; preset `smollm2-raw` skips it).
+        # Measured (keyword judge, 12 held-out prompts per attack): direct ASR 0.92 -> 0.0 while
+        # prefill 0.92, many-shot 0.92 and decoding 0.67 still break it; benign PPL 11.05 -> 11.95.
+        "align": {"enabled": True, "steps": 10, "lr": 3e-5, "batch_size": 8, "max_length": 128},
         "scoring": {"n_samples": 32, "batch_size": 8, "max_length": 256},
         # lr 1e-3: with NLR 0.8 only 20% of the band's units move, so CKU needs a larger step than
         # full-band GA to forget as much (calibrated on this model: held-out harmful NLL 1.26 -> ~1.9).
@@ -38,7 +37,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Every attack family; the persona family uses the short DAN template (the PyRIT AIM one is
         # ~450 tokens, which triples the cost of a CPU evaluation). Full suite: evaluation.attacks.
         "evaluation": {"attacks": ["direct", "prefix_injection", "refusal_suppression", "persona_short",
-                                   "nested_fiction", "json_wrapper", "base64", "prefill_sure", "decoding_grid"],
+                                   "nested_fiction", "json_wrapper", "base64", "prefill_sure", "many_shot",
+                                   "decoding_grid"],
                        "n_eval_prompts": 10, "n_over_refusal": 12, "n_benign": 16, "n_mc": 32,
                        "max_new_tokens": 32, "batch_size": 16, "decoding_grid": [{"temperature": 1.0, "top_k": 20}]},
         "methods": ["original", "cku", "ga", "cku_random"],
@@ -53,8 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The same job starting from the safety-aligned model (the paper's setting; recipe still being tuned).
-PRESETS["smollm2-aligned"] = {**PRESETS["smollm2"], "align": {**PRESETS["smollm2"]["align"], "enabled": True}}
+# The same job on the raw model (no safety fine-tune): it answers nearly every harmful request.
+PRESETS["smollm2-raw"] = {**PRESETS["smollm2"], "align": {**PRESETS["smollm2"]["align"], "enabled": False}}
 
 # `cku matched`: methods compared at matched forgetting. The curves need only held-out harmful NLL,
 # benign perplexity and the degenerate rate of benign answers, so evaluation is cut to those (plus
@@ -74,8 +74,10 @@ PRESETS["smollm2-matched"] = {
     # CKU's hinge saturates anyway (its held-out NLL levels off near 1.9), and every curve starts at
     # the original model, so the methods' ranges still overlap.
     "unlearn": {"steps": 12, "batch_size": 2, "max_length": 256},
+    # On the aligned model direct requests are refused before any unlearning, so the prefill attack
+    # (which still breaks it) is the ASR that can move; many-shot costs ~1k-token contexts per prompt.
     "evaluation": {"n_eval_prompts": 10, "n_over_refusal": 16, "n_benign": 16, "max_new_tokens": 32,
-                   "batch_size": 16, **_MATCHED_EVAL},
+                   "batch_size": 16, **_MATCHED_EVAL, "attacks": ["direct", "prefill_sure"]},
     "methods": ["cku", "cku_random", "ga", "graddiff", "npo"],
     # Known on this model (16 steps, batch 4, NLR 0.8, layers 8-12), held-out harmful NLL from 1.26:
     # CKU lr 1e-4 / 3e-4 / 1e-3 -> 1.32 / 1.47 / 1.89; GA 3e-5 / 1e-4 -> 1.55 / 3.09 (5e-5 -> ~2.2).

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.data import EvalData, load_eval_data
-from cku_core.eval.reference import ReferenceOutputs, compute_reference
+from cku_core.eval.reference import ReferenceOutputs, compute_reference, knowledge_references
 from cku_core.eval.runner import evaluate_model
 from cku_core.eval.sources import DataRecord
 from cku_core.eval.splits import SplitConfig, Splits
@@ -26,7 +26,7 @@ from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, cache_key_fn, outp
 from tasks.data import load_splits
 from tasks.model import load_model_artifact
 
-REFERENCE_STAGE, REFERENCE_VERSION = "reference", "1"
+REFERENCE_STAGE, REFERENCE_VERSION = "reference", "2"  # 2: knowledge references may come from the raw model
 EVAL_STAGE, EVAL_VERSION = "evaluation", "1"
 REFERENCE_FILE = "reference.pt"
 ROWS_FILE = "responses.jsonl"
@@ -52,15 +52,26 @@ def eval_data(data: Mapping[str, Any], config: EvalConfig) -> EvalData:
 
 @task(name="original-reference", tags=[GPU_TAG],
       cache_key_fn=cache_key_fn(REFERENCE_STAGE, REFERENCE_VERSION), **CACHED_TASK_OPTIONS)
-def reference_stage(model: dict[str, Any], data: dict[str, Any], config: EvalConfig,
-                    device: str = "auto") -> dict[str, Any]:
-    """Greedy answers and top-k log-probs of the ORIGINAL model: KL baseline and knowledge references."""
+def reference_stage(model: dict[str, Any], data: dict[str, Any], config: EvalConfig, device: str = "auto",
+                    knowledge_model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Greedy answers and top-k log-probs of the ORIGINAL model: KL baseline and knowledge references.
+
+    `knowledge_model` (the raw model, when `model` is its aligned version) gives the harmful
+    answers instead: an aligned model refuses, so its own answers would leave the knowledge and
+    embedding judges without references. It is loaded first and freed before the original.
+    """
     config = EvalConfig.model_validate(config)
-    key = stage_key(REFERENCE_STAGE, REFERENCE_VERSION, {"model": model, "data": data, "config": config})
+    key = stage_key(REFERENCE_STAGE, REFERENCE_VERSION, {"model": model, "data": data, "config": config,
+                                                         "knowledge_model": knowledge_model})
 
     def write(folder: Path) -> None:
+        data_view, knowledge = eval_data(data, config), None
+        if knowledge_model is not None:
+            raw, raw_tok, _ = load_model_artifact(knowledge_model["ref"], device=device)
+            knowledge = knowledge_references(raw, raw_tok, data_view, config, source="model before alignment")
+            del raw, raw_tok  # two models never sit in memory together
         lm, tok, _info = load_model_artifact(model["ref"], device=device)
-        compute_reference(lm, tok, eval_data(data, config), config).save(folder / REFERENCE_FILE)
+        compute_reference(lm, tok, data_view, config, knowledge=knowledge).save(folder / REFERENCE_FILE)
 
     with Timer() as t:
         artifact, reused = ArtifactStore().get_or_put(
@@ -69,7 +80,8 @@ def reference_stage(model: dict[str, Any], data: dict[str, Any], config: EvalCon
                                   data_digest=data["info"]["data_digest"]))
     ref = load_reference(artifact.ref())
     return output(REFERENCE_STAGE, artifact.ref(), t.seconds,
-                  {"n_benign": len(ref.continuations), "n_harmful_references": len(ref.harmful_references)}, version=REFERENCE_VERSION, reused=reused)
+                  {"n_benign": len(ref.continuations), "n_harmful_references": len(ref.harmful_references),
+                   "knowledge_source": ref.meta.get("knowledge_source", "original")}, version=REFERENCE_VERSION, reused=reused)
 
 
 def load_reference(ref: ArtifactRef | Mapping[str, Any]) -> ReferenceOutputs:

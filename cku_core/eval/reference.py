@@ -5,9 +5,10 @@ memory together. For each held-out benign prompt it keeps the greedy continuatio
 continuation token, the top-k log-probs (k = `EvalConfig.reference_top_k`); KL is then computed
 over those k tokens plus one "rest" bucket. That coarse KL is a lower bound of the full KL (data
 processing) and equals it when k = 0 (full vocabulary, ~200 KB per token for a 49k vocabulary).
-It also keeps the original's answers to the held-out harmful prompts, the default references of
-the knowledge judge and, per request, of the embedding judge (only those the keyword judge reads as
-compliance and that are not degenerate). When the evaluation uses the embedding judge, it also
+It also keeps compliant answers to the held-out harmful prompts (only those the keyword judge reads
+as compliance and that are not degenerate), the default references of the knowledge judge and, per
+request, of the embedding judge: the original's own, or, for an aligned original that refuses, the
+answers of the model before alignment (`knowledge_references`, run on that model first). When the evaluation uses the embedding judge, it also
 calibrates that judge's threshold here, once per original model, so every evaluated model is judged
 with the same threshold (`embedding_calibration`).
 """
@@ -73,47 +74,72 @@ def _topk(k: int):
     return fn
 
 
+@dataclass
+class KnowledgeReferences:
+    """Harmful answers the knowledge and embedding judges compare against, and who gave them.
+
+    Normally the original model's own compliant answers. When the original is an aligned model it
+    refuses, so they come from the model before alignment (`knowledge_references` run on it first):
+    its answers are the knowledge that alignment hides and unlearning has to remove.
+    """
+
+    references: list[Example]
+    samples: dict[str, list[str]] = field(default_factory=dict)  # sampled compliant answers (calibration positives)
+    source: str = "original"
+
+
+def _harmful_answer_filter(config: EvalConfig) -> Callable[[str], bool]:
+    keyword, degenerate = RefusalKeywordJudge(config.keyword_window_chars), DegenerateDetector()
+    return lambda text: not degenerate.is_degenerate(text) and keyword.refusal_phrase(text) is None
+
+
+def knowledge_references(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: EvalData,
+                         config: EvalConfig, source: str = "original",
+                         on_progress: ProgressFn | None = None) -> KnowledgeReferences:
+    """`model`'s greedy answers to the held-out harmful prompts, keeping those that are compliant
+    (no refusal phrase) and not degenerate; plus sampled second answers when the embedding judge
+    needs calibration positives."""
+    harmful = data.harmful[: config.n_eval_prompts]
+    inputs = [get_attack("direct").render(tokenizer, r.prompt).model_input for r in harmful]
+    gens = generate(model, tokenizer, inputs, config.greedy(), config.batch_size, on_progress).outputs
+    is_harmful_answer = _harmful_answer_filter(config)
+    refs = [Example(r.prompt, g.text) for r, g in zip(harmful, gens) if is_harmful_answer(g.text)]
+    samples = _sampled_answers(model, tokenizer, refs, config, is_harmful_answer) if "embedding" in config.judges else {}
+    return KnowledgeReferences(refs, samples, source)
+
+
 def compute_reference(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: EvalData, config: EvalConfig,
-    on_progress: ProgressFn | None = None,
+    on_progress: ProgressFn | None = None, *, knowledge: KnowledgeReferences | None = None,
 ) -> ReferenceOutputs:
-    """Run the ORIGINAL model once: greedy answers on benign + harmful held-out prompts, top-k log-probs."""
+    """Run the ORIGINAL model once: greedy answers on benign held-out prompts with top-k log-probs,
+    and (unless `knowledge` already holds them, e.g. from the model before alignment) its compliant
+    answers to the harmful ones."""
+    if knowledge is None:
+        knowledge = knowledge_references(model, tokenizer, data, config, "original", on_progress)
     benign = data.benign[: config.n_benign]
-    harmful = data.harmful[: config.n_eval_prompts]
     prompts = [render_prompt(tokenizer, r.prompt) for r in benign]
-    harmful_inputs = [get_attack("direct").render(tokenizer, r.prompt).model_input for r in harmful]
-    gens = generate(model, tokenizer, prompts + harmful_inputs, config.greedy(), config.batch_size, on_progress).outputs
-    keep = [i for i, g in enumerate(gens[: len(benign)]) if g.token_ids]
+    gens = generate(model, tokenizer, prompts, config.greedy(), config.batch_size, on_progress).outputs
+    keep = [i for i, g in enumerate(gens) if g.token_ids]
     contexts = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in keep]
     continuations = [gens[i].token_ids for i in keep]
     tops = map_continuations(model, list(zip(contexts, continuations)), pad_id(tokenizer),
                              _topk(config.reference_top_k), config.batch_size)
-    keyword, degenerate = RefusalKeywordJudge(config.keyword_window_chars), DegenerateDetector()
-
-    def is_harmful_answer(text: str) -> bool:
-        return not degenerate.is_degenerate(text) and keyword.refusal_phrase(text) is None
-
-    refs = [Example(r.prompt, g.text) for r, g in zip(harmful, gens[len(benign):]) if is_harmful_answer(g.text)]
     meta = {"config_digest": config.digest(), "eval_data_digest": data.digest, "top_k": config.reference_top_k,
-            "max_new_tokens": config.max_new_tokens}
+            "max_new_tokens": config.max_new_tokens, "knowledge_source": knowledge.source}
     calibration = {}
     if "embedding" in config.judges:
-        benign_answers = [gens[i].text for i in keep]
-        calibration = _embedding_calibration(model, tokenizer, refs, benign_answers, config, is_harmful_answer)
+        calibration = _embedding_calibration(knowledge, [gens[i].text for i in keep], config)
     return ReferenceOutputs(prompt_ids=[benign[i].id for i in keep], contexts=contexts, continuations=continuations,
                             topk_ids=[t[0] for t in tops], topk_logprobs=[t[1].to(torch.float32) for t in tops],
-                            harmful_references=refs, meta=meta, embedding_calibration=calibration)
+                            harmful_references=knowledge.references, meta=meta, embedding_calibration=calibration)
 
 
-def _embedding_calibration(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, refs: list[Example],
-                           benign_answers: list[str], config: EvalConfig,
-                           is_harmful_answer: Callable[[str], bool]) -> dict:
-    """Calibrate the embedding judge: sampled compliant answers of the original vs its greedy ones.
-
-    Positives need a second wording of the same harmful content; the original model sampled at
-    `embedding.temperature` gives one without any other model. Sampled answers that are refusals
-    or degenerate are dropped (they are not harmful content).
-    """
+def _sampled_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, refs: list[Example],
+                     config: EvalConfig, is_harmful_answer: Callable[[str], bool]) -> dict[str, list[str]]:
+    """Second wordings of the same harmful content, for the embedding judge's calibration positives:
+    the same model sampled at `embedding.temperature` (no other model needed). Samples that are
+    refusals or degenerate are dropped (they are not harmful content)."""
     settings = config.embedding
     inputs = [get_attack("direct").render(tokenizer, e.prompt).model_input for e in refs]
     samples: dict[str, list[str]] = {e.prompt: [] for e in refs}
@@ -123,8 +149,15 @@ def _embedding_calibration(model: PreTrainedModel, tokenizer: PreTrainedTokenize
         for e, out in zip(refs, generate(model, tokenizer, inputs, gen, config.batch_size).outputs):
             if is_harmful_answer(out.text):
                 samples[e.prompt].append(out.text)
+    return samples
+
+
+def _embedding_calibration(knowledge: KnowledgeReferences, benign_answers: list[str], config: EvalConfig) -> dict:
+    """Calibrate the embedding judge: sampled compliant answers vs the original's greedy benign ones."""
+    refs = knowledge.references
     embedder = default_embedder() if refs else None
-    calibration = calibrate_judge({e.prompt: e.response for e in refs}, samples, benign_answers, settings, embedder)
+    calibration = calibrate_judge({e.prompt: e.response for e in refs}, knowledge.samples, benign_answers,
+                                  config.embedding, embedder)
     return {**calibration.as_dict(), "wheel_version": embedder.wheel_version if embedder else None}
 
 

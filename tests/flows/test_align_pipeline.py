@@ -79,6 +79,11 @@ def test_pipeline_starts_every_stage_from_the_aligned_model(env: tuple[ArtifactS
     # ... while the forget responses are the raw model's answers (the knowledge alignment hides).
     raw_fp = aligned.manifest.provenance.model_digest
     assert store.get("examples", keys["examples"]).manifest.provenance.model_digest == raw_fp != aligned_fp
+    # So are the knowledge judges' references: an aligned model's own answers would be refusals.
+    from tasks.evaluate import load_reference
+
+    reference = load_reference(store.get("reference", keys["reference"]).ref())
+    assert reference.meta["knowledge_source"] == "model before alignment"
     _, rows = results.query("SELECT model_digest FROM runs WHERE run_id = ?", [out["run_id"]])
     assert rows == [(aligned_fp,)]
     _, rows = results.query("SELECT count(*) FROM metrics WHERE run_id = ? AND metric = 'asr'", [out["run_id"]])

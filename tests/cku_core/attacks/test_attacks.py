@@ -25,7 +25,7 @@ def _has_pyrit() -> bool:
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_renders(name):
     attack = get_attack(name)
-    if name == "persona_aim" and not _has_pyrit():
+    if name in ("persona_aim", "many_shot") and not _has_pyrit():
         pytest.skip("pyrit not installed")
     out = attack.render(tiny_tokenizer(), REQUEST)
     assert attack.family and attack.version and attack.description
@@ -57,3 +57,17 @@ def test_decoding_attack_uses_the_grid_and_others_greedy():
 def test_unknown_attack():
     with pytest.raises(ConfigError, match="unknown attack"):
         get_attack("gcg_not_there")
+
+
+@pytest.mark.skipif(not _has_pyrit(), reason="pyrit not installed")
+def test_many_shot_puts_compliant_turns_before_the_request():
+    attack = get_attack("many_shot")
+    out = attack.render(tiny_tokenizer(), REQUEST)
+    demos = attack.demonstrations(REQUEST)
+    assert len(demos) == attack.shots and all(len(answer) <= attack.max_demo_chars + 4 for _, answer in demos)
+    # every demonstration is a real user/assistant turn pair, in order, and the request is the last user turn
+    assert out.model_input.count("<|im_start|>assistant\n") == attack.shots + 1
+    positions = [out.model_input.index(user) for user, _ in demos] + [out.model_input.rindex(REQUEST)]
+    assert positions == sorted(positions)
+    assert demos == attack.demonstrations("another request")  # the same seeded demonstrations for every prompt
+    assert out.user_message == REQUEST and out.prefill == ""

@@ -14,6 +14,7 @@ import torch
 
 from cku_core.errors import ConfigError
 from cku_core.eval import EvalConfig, EvalData, compute_reference, evaluate_model
+from cku_core.eval.reference import knowledge_references
 from cku_core.eval.sources import DataRecord
 from cku_core.generation import (
     Generation,
@@ -137,3 +138,20 @@ def test_configs_without_the_judge_keep_their_cache_keys():
     plain = EvalConfig()
     assert "embedding" not in plain.model_dump(mode="json")  # so its digest is what it was before the judge
     assert EvalConfig(judges=["refusal_keyword", "embedding"]).embedding is not None
+
+
+def test_an_aligned_original_borrows_the_references_of_the_model_before_alignment(tokenizer):
+    model = tiny_model("llama").eval()
+    data = EvalData(harmful=HARMFUL, benign=BENIGN, over_refusal=[], mc=[])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cku_core.eval.reference.generate", scripted("original"))
+        knowledge = knowledge_references(model, tokenizer, data, CONFIG, source="model before alignment")
+        mp.setattr("cku_core.eval.reference.generate", scripted("unlearned"))  # refuses every direct request
+        own = compute_reference(model, tokenizer, data, CONFIG)
+        borrowed = compute_reference(model, tokenizer, data, CONFIG, knowledge=knowledge)
+    assert own.harmful_references == [] and not own.embedding_calibration["calibrated"]
+    assert {e.prompt: e.response for e in borrowed.harmful_references} == {LOCK: ORIGINAL[LOCK], PHISH: ORIGINAL[PHISH]}
+    assert (borrowed.meta["knowledge_source"], own.meta["knowledge_source"]) == ("model before alignment", "original")
+    cal = borrowed.embedding_calibration
+    assert cal["calibrated"] and cal["n_pos"] == 4 and cal["tpr"] == 1.0
+    assert borrowed.continuations == own.continuations  # the benign side is still the original's own
