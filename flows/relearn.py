@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
+from cku_core.align import AlignConfig, check_align
 from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
 from cku_core.errors import ConfigError
 from cku_core.eval.config import EvalConfig
@@ -67,13 +68,15 @@ def cku_relearn(
     method_overrides: dict[str, dict[str, Any]] = {},  # noqa: B006
     band: list[int] | None = None,
     options: RunOptions = RunOptions(),
+    align: AlignConfig = AlignConfig(),
 ) -> dict[str, Any]:
     """Relearn each method's unlearned model on each data kind; returns the curves and the run id.
 
     `data_kinds` replaces `relearn.data` (one curve per kind). `method_overrides` changes `unlearn`
     fields per method, as in compare-baselines (e.g. {"ga": {"lr": 5e-5}} for matched forgetting).
     `evaluation` gives the reference (held-out prompts, original answers) and the judges; the attacks
-    measured after each k are `relearn.attacks` on `relearn.n_attack_prompts` prompts.
+    measured after each k are `relearn.attacks` on `relearn.n_attack_prompts` prompts. `align`: every
+    method (and "original") starts from the safety fine-tuned model, as in `cku run`.
     """
     for name in methods:
         get_method(name)
@@ -82,10 +85,11 @@ def cku_relearn(
         raise ConfigError(f"method_overrides names methods that are not run: {sorted(unknown)}; use some of {methods}")
     preflight_run(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn, methods=methods,
                   method_overrides=method_overrides, band=band)
+    check_align(align, data.n_align_harmful)
     log = open_run(None, run_config(model=model, data=data, scoring=scoring, mask=mask, unlearn=unlearn,
                                     evaluation=evaluation, relearn=relearn, data_kinds=data_kinds, methods=methods,
-                                    method_overrides=method_overrides, band=band, options=options))
-    m, d, ref = prepare_inputs(log, model, data, evaluation, options)
+                                    method_overrides=method_overrides, band=band, options=options, align=align))
+    m, d, ref = prepare_inputs(log, model, data, evaluation, options, align)
     ex = training_examples(log, m, d, evaluation, options)
     curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for name in methods:

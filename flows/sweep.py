@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
+from cku_core.align import AlignConfig, check_align
 from cku_core.config import MaskConfig, ScoringConfig, UnlearnConfig
 from cku_core.eval.config import EvalConfig
 from cku_core.eval.splits import SplitConfig
@@ -57,12 +58,12 @@ def scored_layers(bands: list[list[int] | None], scoring: ScoringConfig) -> list
 
 
 def shared_stages(log: RunLog, model: ModelConfig, data: SplitConfig, scoring: ScoringConfig, unlearn: UnlearnConfig,
-                  evaluation: EvalConfig, options: RunOptions) -> None:
+                  evaluation: EvalConfig, options: RunOptions, align: AlignConfig | None = None) -> None:
     """Model, data, reference, examples and scores, computed here once: a parallel point then only hits the cache.
 
     The score stage gets the scoring config a `cku` pipeline derives (method_configs), so its key is the points'.
     """
-    m, d, _ref = prepare_inputs(log, model, data, evaluation, options)
+    m, d, _ref = prepare_inputs(log, model, data, evaluation, options, align)
     examples = training_examples(log, m, d, evaluation, options)
     _u, s_cfg, _m = method_configs("cku", unlearn, scoring, MaskConfig())
     log.stage(score_stage, m, examples, s_cfg, device=options.device)
@@ -81,27 +82,30 @@ def cku_sweep(
     options: RunOptions = RunOptions(),
     design: Literal["grid", "paper"] = "grid",
     scale_out: ScaleOutConfig = ScaleOutConfig(),
+    align: AlignConfig = AlignConfig(),
 ) -> dict[str, Any]:
     """Run CKU for every (NLR, band, objective); `bands` entries of null mean the default band.
 
     design `paper`: NLR sweep in bands[0] plus band sweep at NLR 0.8 (the paper's two analyses).
     `scale_out`: sequential (default), or the points in parallel on a Dask / Ray cluster (docs/cluster.md).
+    `align`: every point starts from the safety fine-tuned model (computed once, cached).
     The points are published side by side (table + ASR-vs-utility plot) in the Prefect UI.
     """
     preflight_run(model=model, data=data, scoring=scoring, bands=bands)
     check_scale_out(scale_out)
+    check_align(align, data.n_align_harmful)
     log = open_run("cku", run_config(model=model, data=data, scoring=scoring, unlearn=unlearn, evaluation=evaluation,
                                      nlrs=nlrs, bands=bands, objectives=objectives, options=options, design=design,
-                                     scale_out=scale_out))
+                                     scale_out=scale_out, align=align))
     shared_scoring = scoring.model_copy(update={"layers": scored_layers(bands, scoring)})
     coords = grid(nlrs, bands, objectives, design)
     params = [dict(model=model, data=data, scoring=shared_scoring, mask=MaskConfig(nlr=nlr),
                    unlearn=unlearn.model_copy(update={"objective": objective}), evaluation=evaluation,
-                   method="cku", band=band, options=options) for nlr, band, objective in coords]
+                   method="cku", band=band, options=options, align=align) for nlr, band, objective in coords]
     if scale_out.task_runner == "sequential":
         outs = [{**cku_pipeline(**p), "worker": worker_name()} for p in params]
     else:
-        shared_stages(log, model, data, shared_scoring, unlearn, evaluation, options)
+        shared_stages(log, model, data, shared_scoring, unlearn, evaluation, options, align)
         outs = run_points(params, scale_out)
     points = [{"nlr": nlr, "band": band, "objective": objective, "run_id": out["run_id"],
                "headline": out["headline"], "cached": out["cached"], "worker": out["worker"]}

@@ -98,3 +98,35 @@ def test_align_without_an_align_split_fails_before_any_work(env: tuple[ArtifactS
 
     with pytest.raises(ConfigError, match="n_align_harmful"):
         cku_pipeline(**{**PRESETS["tiny"], "align": {"enabled": True}})
+
+
+def _base_of_checkpoints(store: ArtifactStore, results: ResultsStore, run_ids: list[str]) -> set[tuple[str, str]]:
+    import json
+
+    _, rows = results.query(f"SELECT key FROM stages WHERE stage = 'checkpoint' AND run_id IN "
+                            f"({', '.join('?' * len(run_ids))})", run_ids)
+    return {(b["stage"], b["key"]) for (key,) in rows
+            for b in [json.loads((store.get("checkpoint", key).path / "info.json").read_text())["base"]]}
+
+
+def test_sweep_and_relearn_start_from_the_aligned_model(env: tuple[ArtifactStore, ResultsStore]) -> None:
+    import json
+
+    from flows.relearn import cku_relearn
+    from flows.sweep import cku_sweep
+
+    store, results = env
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("model", "scoring", "unlearn", "evaluation")}
+    sweep = cku_sweep(**tiny, data=TINY_DATA, align=TINY_ALIGN, nlrs=[0.5, 0.8], objectives=["hinge_ga"])
+    (align_key,) = store.keys("align")
+    assert _base_of_checkpoints(store, results, [p["run_id"] for p in sweep["points"]]) == {("align", align_key)}
+    relearn = cku_relearn(**tiny, data=TINY_DATA, align=TINY_ALIGN, methods=["original", "cku"],
+                          relearn={"steps": [1], "lr": 1e-3, "batch_size": 2, "n_examples": 2, "max_length": 64,
+                                   "attacks": ["direct"], "n_attack_prompts": 2, "max_new_tokens": 4})
+    assert store.keys("align") == [align_key]  # the same aligned model, from cache
+    _, rows = results.query("SELECT DISTINCT model_digest FROM metrics WHERE run_id = ? AND method = 'original' "
+                            "AND metric = 'relearn_train_loss'", [relearn["run_id"]])
+    aligned = store.get("align", align_key)
+    aligned_fp = json.loads((aligned.path / "info.json").read_text())["fingerprint"]
+    # relearning "original" fine-tunes the aligned model, not the raw one
+    assert rows == [(aligned_fp,)] and aligned_fp != aligned.manifest.provenance.model_digest
