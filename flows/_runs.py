@@ -57,8 +57,23 @@ def open_run(method: str | None, config: dict[str, Any]) -> RunLog:
     return log
 
 
-def close_run(log: RunLog) -> None:
+def close_run(log: RunLog, children: list[str] | None = None) -> None:
+    """Mark the run completed. A parent run (sweep, comparison) trains nothing itself: it takes the
+    model and data digests of its child runs when they all agree, so its row has provenance too."""
+    if children:
+        inherit_digests(log, children)
     record_run(log.run_id, "finish", log.row("completed", finished=True))
+
+
+def inherit_digests(log: RunLog, children: list[str]) -> None:
+    from cku_core.results import ResultsStore
+
+    _, rows = ResultsStore().query(
+        f"SELECT DISTINCT model_digest, data_digest FROM runs WHERE run_id IN ({', '.join('?' * len(children))})",
+        list(children))
+    if len(rows) == 1:  # children that started from different models leave the parent's digests empty
+        log.model_digest = log.model_digest or rows[0][0]
+        log.data_digest = log.data_digest or rows[0][1]
 
 
 def record_failure(flow: Any, run: Any, state: Any) -> None:

@@ -63,5 +63,5 @@ def compare_baselines(
                            evaluation=evaluation, method=name, band=band, options=options, align=align)
         runs[name] = {"run_id": out["run_id"], "headline": out["headline"]}
     table = publish_comparison(log.run_id, [r["run_id"] for r in runs.values()])
-    close_run(log)
+    close_run(log, children=[r["run_id"] for r in runs.values()])
     return {"run_id": log.run_id, "name": log.name, "methods": runs, "table": table, "known_methods": list(METHODS)}

@@ -197,7 +197,7 @@ def cku_matched(
     publish_comparison(log.run_id, [r["run_id"] for r in done],
                        labels={r["run_id"]: f"{r['label']} lr={r['lr']:g} seed={r['seed']}" for r in done})
     analysis, plot = publish_matched(log.run_id)
-    close_run(log)
+    close_run(log, children=[r["run_id"] for r in done])
     return {"run_id": log.run_id, "name": log.name, "runs": runs, "table": analysis.summary_rows(),
             "supported": [v.text() for v in analysis.verdicts if v.supported], "levels": analysis.levels,
             "plot": plot}

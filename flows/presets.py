@@ -40,7 +40,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                                    "nested_fiction", "json_wrapper", "base64", "prefill_sure", "many_shot",
                                    "decoding_grid"],
                        "n_eval_prompts": 10, "n_over_refusal": 12, "n_benign": 16, "n_mc": 32,
-                       "max_new_tokens": 32, "batch_size": 16, "decoding_grid": [{"temperature": 1.0, "top_k": 20}]},
+                       "max_new_tokens": 32, "batch_size": 16, "decoding_grid": [{"temperature": 1.0, "top_k": 20}],
+                       # every judge: phrase-level refusals, knowledge NLL of the raw model's harmful
+                       # answers, and content similarity to them (MiniLM, calibrated per run)
+                       "judges": ["refusal_keyword", "knowledge_nll", "embedding"]},
         "methods": ["original", "cku", "ga", "cku_random"],
         # GA moves every unit of the band: lr 5e-5 brings its held-out harmful NLL to about CKU's.
         "method_overrides": {"ga": {"lr": 5e-5}},

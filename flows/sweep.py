@@ -112,5 +112,5 @@ def cku_sweep(
               for (nlr, band, objective), out in zip(coords, outs)]
     table = publish_comparison(log.run_id, [p["run_id"] for p in points],
                                labels={p["run_id"]: point_label(p["nlr"], p["band"], p["objective"]) for p in points})
-    close_run(log)
+    close_run(log, children=[p["run_id"] for p in points])
     return {"run_id": log.run_id, "name": log.name, "points": points, "table": table}

@@ -58,3 +58,11 @@ def test_scale_out_smoke(tmp_path: Path) -> None:
     out = json.loads((tmp_path / "scale_out_smoke.json").read_text())
     assert out["identical_headlines"] is True and out["speedup"] > 0
     assert len(out["runs"]["dask"][0]["workers"]) == 2 and len(out["runs"]["sequential"][0]["workers"]) == 1
+
+
+def test_align_recipe_tiny(tmp_path: Path) -> None:
+    run_script(tmp_path, "bench/align_recipe.py", "--tiny", "--steps", "2", "--eval-at", "1", "--n-prompts", "2",
+               "--attacks", "direct,prefill_sure")
+    rows = [json.loads(line) for line in (tmp_path / "align_recipe_tiny.jsonl").read_text().splitlines()]
+    assert [r["recipe"]["steps"] for r in rows] == [1, 2]  # one fine-tune, measured after each step count
+    assert all({"asr_direct", "asr_prefill_sure", "perplexity", "over_refusal"} <= set(r) for r in rows)

@@ -25,6 +25,10 @@ def test_nlr_sweep_scores_neurons_once(env: tuple[ArtifactStore, ResultsStore]) 
     assert [p["cached"]["scores"] for p in out["points"]] == [False, True, True]
     _, rows = results.query("SELECT count(DISTINCT run_id) FROM runs WHERE parent_run_id = ?", [out["run_id"]])
     assert rows == [(3,)]
+    # The parent trains nothing, but carries the provenance its points share.
+    _, rows = results.query("SELECT DISTINCT model_digest, data_digest FROM runs WHERE run_id = ? OR parent_run_id = ?",
+                            [out["run_id"], out["run_id"]])
+    assert len(rows) == 1 and all(rows[0])
 
 
 def test_compare_baselines_publishes_a_table(env: tuple[ArtifactStore, ResultsStore]) -> None:
