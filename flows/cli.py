@@ -79,11 +79,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cku_core.results import ResultsStore, render_report
 
     out: Path | None = args.out
+    if args.labels and not args.matched:
+        raise CKUError("--labels selects points of a matched-forgetting run; add --matched (or drop --labels)")
     if args.matched:  # a cku-matched run: curves, matched levels and verdicts instead of one run's metrics
         from cku_core.analysis.matched_report import render_matched_report
 
         plot = out.with_name(out.stem + "-curves.png") if out else None
-        markdown = render_matched_report(args.run, store=ResultsStore(args.results_root), plot_path=plot)
+        labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+        markdown = render_matched_report(args.run, store=ResultsStore(args.results_root), plot_path=plot, labels=labels)
     else:
         plot = out.with_name(out.stem + "-asr-utility.png") if out else None
         markdown = render_report(args.run, store=ResultsStore(args.results_root), plot_path=plot)
@@ -309,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write the markdown here (and the ASR-vs-utility PNG beside it)")
     p.add_argument("--matched", action="store_true",
                    help="RUN is a `cku matched` run: report its forgetting-utility curves and verdicts (PNG: <out>-curves.png)")
+    p.add_argument("--labels", default=None,
+                   help="with --matched: compare only these points, comma-separated (e.g. 'layers=8-12,layers=3-7'); "
+                        "the common forgetting range widens when a point that barely forgets is left out")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("server", help="start the local Prefect server and UI (127.0.0.1, analytics off)")

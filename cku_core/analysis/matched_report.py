@@ -306,9 +306,25 @@ def matched_markdown(data: MatchedRuns, analysis: MatchedAnalysis, plot_ref: str
     return "\n\n".join(parts) + "\n"
 
 
-def render_matched_report(ref: str, *, store: ResultsStore | None = None, plot_path: Path | None = None) -> str:
-    """Markdown report of a matched-forgetting run; the plot goes to `plot_path` (linked by file name)."""
+def only_labels(data: MatchedRuns, labels: Sequence[str]) -> MatchedRuns:
+    """The run restricted to some compared points (the original model stays): the common forgetting
+    range is the one every *kept* curve reaches, so dropping a point that barely forgets widens it."""
+    known = {c.label for c in data.unlearned}
+    unknown = sorted(set(labels) - known)
+    if unknown:
+        raise ResultsError(f"--labels names points this run does not have: {', '.join(unknown)}; "
+                           f"it has: {', '.join(sorted(known))}")
+    keep = [c for c in data.children if c.method == "original" or c.label in set(labels)]
+    return MatchedRuns(data.run, data.config, keep)
+
+
+def render_matched_report(ref: str, *, store: ResultsStore | None = None, plot_path: Path | None = None,
+                          labels: Sequence[str] | None = None) -> str:
+    """Markdown report of a matched-forgetting run; the plot goes to `plot_path` (linked by file name).
+    `labels`: compare only these points."""
     data = load_matched(ref, store)
+    if labels:
+        data = only_labels(data, labels)
     analysis = data.analyse()
     png = plot_matched(analysis, Path(plot_path)) if plot_path is not None else None
     return matched_markdown(data, analysis, png.name if png else None)

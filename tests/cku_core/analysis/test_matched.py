@@ -192,6 +192,32 @@ def test_report_from_the_results_store(results: ResultsStore, tmp_path: Path) ->
         load_matched("plain-run", results)
 
 
+def test_a_report_can_compare_a_subset_of_the_points(results: ResultsStore) -> None:
+    from cku_core.analysis.matched_report import load_matched, only_labels
+
+    write_matched_runs(results)
+    # a third point that barely forgets narrows the range every curve reaches ...
+    for seed in (1, 2):
+        run = f"weak-{seed}"
+        results.write_rows("runs", run, "start", [{"flow": "cku-pipeline", "method": "weak", "status": "completed",
+                                                   "config": {"method": "weak", "unlearn": {"lr": 1e-3, "seed": seed},
+                                                              "mask": {"nlr": 0.8}, "scoring": {"seed": 0}},
+                                                   "parent_run_id": "parent-run"}])
+        results.write_rows("metrics", run, "record", [
+            {"method": "weak", "metric": "knowledge_nll", "judge": "knowledge_nll", "attack": "none", "family": "none",
+             "subset": "harmful_reference", "value": 1.2, "n": 7},
+            {"method": "weak", "metric": "perplexity", "attack": "none", "family": "none", "subset": "benign",
+             "value": 10.1, "n": 300}])
+    data = load_matched("parent", results)
+    assert data.analyse().range == (1.0, 1.2)
+    # ... leaving it out gives back the range of the others, and the original model stays the anchor
+    kept = only_labels(data, ["good", "bad"])
+    assert kept.analyse().range == (1.0, 2.0) and kept.anchor() is not None
+    assert {p.label for p in kept.points()} == {"good", "bad"}
+    with pytest.raises(ResultsError, match="does not have: nope"):
+        only_labels(data, ["good", "nope"])
+
+
 def test_analysis_does_not_import_prefect() -> None:
     code = ("import sys, cku_core.analysis.matched, cku_core.analysis.matched_report\n"
             "assert 'prefect' not in sys.modules\n")
