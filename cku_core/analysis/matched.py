@@ -174,11 +174,14 @@ class Verdict:
         return f"{winner} better than {loser} {at} ({self.reason})"
 
 
-def verdict(a: LevelStat, b: LevelStat, spread: Spread = "std", min_seeds: int = 2) -> Verdict:
-    """A vs B (same metric and level; lower is better): a side wins only if the intervals do not overlap.
+def verdict(a: LevelStat, b: LevelStat, spread: Spread = "std", min_seeds: int = 2, min_effect: float = 0.0) -> Verdict:
+    """A vs B (same metric and level; lower is better): a side wins only if the intervals do not overlap
+    and the means differ by at least `min_effect`.
 
     Touching intervals count as overlapping. With fewer than `min_seeds` seeds there is no spread to
-    judge by, so nothing is claimed.
+    judge by, so nothing is claimed. `min_effect` is the metric's resolution: a rate measured on n
+    units moves in steps of 1/n, and interpolating between runs yields smaller differences (seeds
+    that all sit near the original model can have a tiny spread) that no single run could show.
     """
     if (a.metric, a.level) != (b.metric, b.level):
         raise ValueError(f"cannot compare {a.metric}@{a.level} with {b.metric}@{b.level}")
@@ -188,6 +191,9 @@ def verdict(a: LevelStat, b: LevelStat, spread: Spread = "std", min_seeds: int =
                                               f"{a.label} has {a.n}/{a.n_seeds}, {b.label} {b.n}/{b.n_seeds}")
     (alo, ahi), (blo, bhi) = a.interval(spread), b.interval(spread)
     numbers = f"{a.label} {a.describe(spread)} vs {b.label} {b.describe(spread)}, {spread}"
+    if (ahi < blo or bhi < alo) and abs(a.mean - b.mean) < min_effect:
+        return compare("not distinguishable", f"difference {abs(a.mean - b.mean):.3g} is below the metric's "
+                                              f"resolution {min_effect:.3g}: {numbers}")
     if ahi < blo:
         return compare("better", numbers)
     if bhi < alo:
@@ -195,13 +201,16 @@ def verdict(a: LevelStat, b: LevelStat, spread: Spread = "std", min_seeds: int =
     return compare("not distinguishable", f"intervals overlap: {numbers}")
 
 
-def all_verdicts(stats: Sequence[LevelStat], spread: Spread = "std", min_seeds: int = 2) -> list[Verdict]:
-    """Every pair of labels, for every metric and level present in `stats` (pairs in label order)."""
+def all_verdicts(stats: Sequence[LevelStat], spread: Spread = "std", min_seeds: int = 2,
+                 resolution: Mapping[str, float] | None = None) -> list[Verdict]:
+    """Every pair of labels, for every metric and level present in `stats` (pairs in label order);
+    `resolution`: the smallest difference claimed, per metric (default 0)."""
     groups: dict[tuple[str, float], list[LevelStat]] = {}
     for s in stats:
         groups.setdefault((s.metric, s.level), []).append(s)
-    return [verdict(a, b, spread, min_seeds) for group in groups.values() for a, b in itertools.combinations(group, 2)
-            if a.label != b.label]
+    resolution = resolution or {}
+    return [verdict(a, b, spread, min_seeds, resolution.get(a.metric, 0.0))
+            for group in groups.values() for a, b in itertools.combinations(group, 2) if a.label != b.label]
 
 
 @dataclass
@@ -238,15 +247,15 @@ def _round(x: float) -> float | None:
 
 def analyse(points: Sequence[RunPoint], anchor: RunPoint | None = None, levels: Sequence[float] | None = None,
             n_levels: int = 5, spread: Spread = "std", min_seeds: int = 2,
-            metrics: Sequence[str] = tuple(METRICS)) -> MatchedAnalysis:
+            metrics: Sequence[str] = tuple(METRICS), resolution: Mapping[str, float] | None = None) -> MatchedAnalysis:
     """Curves, the common forgetting range, levels (given, else `n_levels` inside the range),
-    per-level statistics and every pairwise verdict."""
+    per-level statistics and every pairwise verdict (none smaller than `resolution[metric]`)."""
     curves = by_curve(points)
     rng = common_range(curves, anchor)
     chosen = sorted(set(levels if levels else matched_levels(rng, n_levels)))  # a narrow range can repeat a level
     stats = level_stats(curves, metrics, chosen, anchor)
-    return MatchedAnalysis(curves, anchor, rng, chosen, stats, all_verdicts(stats, spread, min_seeds), spread,
-                           tuple(metrics))
+    return MatchedAnalysis(curves, anchor, rng, chosen, stats, all_verdicts(stats, spread, min_seeds, resolution),
+                           spread, tuple(metrics))
 
 
 # ------------------------------------------------------------------ plot

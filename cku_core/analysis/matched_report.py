@@ -110,10 +110,19 @@ class MatchedRuns:
         return RunPoint("original", 0.0, -1, float(a.values["harmful_nll"]),
                         {k: v for k, v in a.values.items() if k != "harmful_nll"}, a.run_id)
 
+    def resolution(self) -> dict[str, float]:
+        """Rates (ASR, degenerate rate) move in steps of 1/n units: smaller differences are not claimed."""
+        out = {}
+        for metric in ("asr", "degenerate_rate"):
+            ns = [c.n.get(metric) for c in self.children if c.n.get(metric)]
+            if ns:
+                out[metric] = 1.0 / max(ns)
+        return out
+
     def analyse(self) -> MatchedAnalysis:
         cfg = self.config
         return analyse(self.points(), self.anchor(), levels=cfg.get("levels"), n_levels=int(cfg.get("n_levels", 5)),
-                       spread=cfg.get("spread", "std"))
+                       spread=cfg.get("spread", "std"), resolution=self.resolution())
 
 
 def _rows(store: ResultsStore, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -237,15 +246,16 @@ def _measured_md(data: MatchedRuns, analysis: MatchedAnalysis) -> str:
         "## What was measured\n\n"
         f"Every compared {data.config.get('axis', 'method')} was unlearned at each learning rate of its grid with "
         "each seed; each run is a `cku-pipeline` child of this run. **Forgetting** is the "
-        f"{FORGETTING_NAME} of the knowledge judge: the mean NLL of the original model's own answers to "
-        f"held-out harmful prompts ({n.get('harmful_nll')} references; higher = the knowledge is further gone). "
+        f"{FORGETTING_NAME} of the knowledge judge: the mean NLL of the original (or, for an aligned original, "
+        f"the raw) model's compliant answers to held-out harmful prompts ({n.get('harmful_nll')} references; higher = the knowledge is further gone). "
         f"**Utility**: benign perplexity ({n.get('perplexity')} tokens) and the degenerate rate of greedy answers "
         f"to {n.get('degenerate_rate')} benign (safe) prompts; **ASR** by the refusal-keyword judge over "
         f"{n.get('asr')} (attack, prompt) units. All three are lower-is-better.\n\n"
         "Per seed, each metric is interpolated linearly along the run's forgetting curve (no extrapolation) "
         f"at common forgetting levels that every curve reaches. {anchor} A comparison is **supported** only "
-        "where the two seed intervals do not overlap (and each side has at least two seeds there); otherwise "
-        "it is **not distinguishable**."
+        "where the two seed intervals do not overlap (and each side has at least two seeds there) and, for "
+        "a rate, the means differ by at least one unit of it (1/n: interpolation between runs makes smaller "
+        "differences that no single run could show); otherwise it is **not distinguishable**."
     )
 
 

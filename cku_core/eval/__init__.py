@@ -3,7 +3,8 @@
 Public API (what the pipeline calls):
 - `make_splits(SplitConfig) -> Splits` — seeded, disjoint forget / scoring / eval splits + digest
 - `load_eval_data(splits, EvalConfig) -> EvalData`
-- `compute_reference(original_model, tokenizer, data, config) -> ReferenceOutputs` (save/load)
+- `compute_reference(original_model, tokenizer, data, config, knowledge=None) -> ReferenceOutputs` (save/load);
+  `knowledge_references(raw_model, ...)` first when the original is an aligned model
 - `evaluate_model(model, tokenizer, data, config, reference=None, judge=None, on_progress=None) -> EvalResult`
 - `load_dataset(name) -> LoadedDataset`, `DATASETS`, `register_dataset` for data sources
 """
@@ -19,6 +20,7 @@ _EXPORTS = {
     "DEFAULT_GRID": "config", "DecodingPoint": "config", "EvalConfig": "config",
     "EvalData": "data", "load_eval_data": "data",
     "ReferenceOutputs": "reference", "compare_to_reference": "reference", "compute_reference": "reference",
+    "KnowledgeReferences": "reference", "knowledge_references": "reference",
     "DATASETS": "registry", "get_dataset_spec": "registry", "register_dataset": "registry",
     "MetricRow": "rows", "ResponseRow": "rows",
     "EvalResult": "runner", "evaluate_model": "runner",

@@ -222,3 +222,14 @@ def test_analysis_does_not_import_prefect() -> None:
     code = ("import sys, cku_core.analysis.matched, cku_core.analysis.matched_report\n"
             "assert 'prefect' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_rate_difference_below_one_unit_is_not_claimed() -> None:
+    from cku_core.analysis.matched import LevelStat, verdict
+
+    a = LevelStat("a", "asr", 1.5, (0.440, 0.441, 0.442), 3)
+    b = LevelStat("b", "asr", 1.5, (0.430, 0.431, 0.432), 3)  # intervals apart, but 0.01 < one unit of 20
+    assert verdict(a, b).outcome == "worse"
+    v = verdict(a, b, min_effect=1 / 20)
+    assert v.outcome == "not distinguishable" and "resolution" in v.reason
+    assert verdict(a, LevelStat("c", "asr", 1.5, (0.30, 0.31, 0.32), 3), min_effect=1 / 20).outcome == "worse"
