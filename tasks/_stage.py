@@ -92,22 +92,30 @@ def cache_key_fn(stage: str, version: str, extra: ExtraInputs | None = None
     """A Prefect `cache_key_fn` whose hits are only served while the artifact is on disk and intact."""
 
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:
-        key = stage_key(stage, version, parameters, extra)
-        prefect_key = f"cku-{stage}-v{version}-{key}"
-        store = ArtifactStore()
-        if store.remote is not None:
-            intact, digest = store.check(stage, key), None
-        else:
-            artifact = store.get(stage, key)  # what `check` does locally, keeping the manifest
-            intact, digest = artifact is not None, artifact.manifest.content_digest() if artifact else None
-        # A record that points at other content (the artifact was recomputed by another run after a
-        # crash, say) would hand downstream stages a reference they refuse: drop it too.
-        if not intact or (digest is not None and _recorded_digest(context, prefect_key) not in (None, digest)):
-            drop_result_record(context, prefect_key)
-        return prefect_key
+        return checked_prefect_key(context, stage, version, stage_key(stage, version, parameters, extra))
 
     key_fn.__name__ = f"{stage}_cache_key"
     return key_fn
+
+
+def checked_prefect_key(context: Any, stage: str, version: str, key: str) -> str:
+    """The Prefect cache key of a stage key, after dropping a persisted record that must not be served.
+
+    Prefect's result records live in the Prefect home, not beside the artifacts, so a record can
+    outlive its artifact or point at other content (another artifact root, a recomputation)."""
+    prefect_key = f"cku-{stage}-v{version}-{key}"
+    store = ArtifactStore()
+    if store.remote is not None:
+        intact, digest = store.check(stage, key), None
+    else:
+        artifact = store.get(stage, key)  # what `check` does locally, keeping the manifest
+        intact, digest = artifact is not None, artifact.manifest.content_digest() if artifact else None
+    # A record that points at other content (the artifact was recomputed by another run after a
+    # crash, or lives under another artifact root) would hand downstream stages a reference they
+    # refuse: drop it too.
+    if not intact or (digest is not None and _recorded_digest(context, prefect_key) not in (None, digest)):
+        drop_result_record(context, prefect_key)
+    return prefect_key
 
 
 def _recorded_digest(context: Any, prefect_key: str) -> str | None:

@@ -20,7 +20,7 @@ from cku_core.align import AlignConfig, AlignStep, align_model, build_examples
 from cku_core.errors import ConfigError
 from cku_core.store import ArtifactStore, Provenance
 from tasks._progress import StageProgress
-from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, drop_result_record, output, stage_key
+from tasks._stage import CACHED_TASK_OPTIONS, GPU_TAG, Timer, checked_prefect_key, output, stage_key
 from tasks.data import load_splits
 from tasks.model import HF_DIR, load_model_artifact, read_info, write_model_info
 
@@ -38,12 +38,7 @@ def align_key(parameters: Mapping[str, Any]) -> str:
 
 
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    # Like tasks._stage.cache_key_fn, but keyed on the align splits only, not on the whole data artifact.
-    key = align_key(parameters)
-    prefect_key = f"cku-{STAGE}-v{VERSION}-{key}"
-    if ArtifactStore().get(STAGE, key) is None:
-        drop_result_record(context, prefect_key)
-    return prefect_key
+    return checked_prefect_key(context, STAGE, VERSION, align_key(parameters))
 
 
 def _align_prompts(data: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -127,3 +127,26 @@ def test_cache_key_fn_drops_stale_records_in_remote_result_storage(s3, monkeypat
     [obj] = [p for p in fs.find(f"{s3.bucket}/art/mask/{key}") if p.endswith("mask.safetensors")]
     fs.rm_file(obj)                                                       # an object lost in the bucket
     assert fn(context, params) == prefect_key and not fs.exists(record)
+
+
+def test_align_cache_key_drops_a_record_from_another_artifact_root(store: ArtifactStore, tmp_path: Path) -> None:
+    """Prefect's records live in the Prefect home, shared by every artifact root: a record written by a
+    run under another root (same key, other bytes: CPU training is not bit-reproducible across thread
+    counts) must not be served, or every stage after `align` fails on a digest mismatch."""
+    from types import SimpleNamespace
+
+    from cku_core.align import AlignConfig
+    from tasks.align import STAGE, VERSION, _cache_key, align_key
+
+    params = {"model": {"info": {"fingerprint": "raw"}}, "data": {"info": {"align_digest": "a"}},
+              "config": AlignConfig(enabled=True)}
+    key = align_key(params)
+    prefect_key = f"cku-{STAGE}-v{VERSION}-{key}"
+    elsewhere = ArtifactStore(tmp_path / "other-root").put_files(STAGE, key, {"f": b"other bytes"}, stage_version=VERSION)
+    store.put_files(STAGE, key, {"f": b"these bytes"}, stage_version=VERSION)
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / prefect_key).write_text("result")
+    context = SimpleNamespace(result_store=_ReadableResultStore(records, output(STAGE, elsewhere.ref(), 1.0, version=VERSION)))
+    assert _cache_key(context, params) == prefect_key
+    assert not (records / prefect_key).exists()   # dropped: the stage runs (and finds its artifact) instead
