@@ -8,9 +8,9 @@ processing) and equals it when k = 0 (full vocabulary, ~200 KB per token for a 4
 It also keeps compliant answers to the held-out harmful prompts (only those the keyword judge reads
 as compliance and that are not degenerate), the default references of the knowledge judge and, per
 request, of the embedding judge: the original's own, or, for an aligned original that refuses, the
-answers of the model before alignment (`knowledge_references`, run on that model first). When the evaluation uses the embedding judge, it also
-calibrates that judge's threshold here, once per original model, so every evaluated model is judged
-with the same threshold (`embedding_calibration`).
+answers of the model before alignment (`knowledge_references`, run on that model first). When the
+evaluation uses the embedding judge, it also calibrates that judge's threshold here, once per
+original model, so every evaluated model is judged with the same threshold (`embedding_calibration`).
 """
 
 from __future__ import annotations
